@@ -1,0 +1,11 @@
+__version__ = "0.1.0"
+
+from minitrain.data import DataLoaders, TensorLoader, digits, fashion_mnist, get_dls, collate_dict, read_idx
+from minitrain.learner import (EVENTS, STEPS, Callback, CallbackError, CancelBatchException, CancelEpochException,
+                               CancelFitException, Learner, MomentumLearner, NonFiniteLossError, TrainCB, TrainLearner)
+from minitrain.callbacks import (BatchTransformCB, DeviceCB, Mean, MetricsCB, MulticlassAccuracy, SingleBatchCB,
+                                 default_device, set_seed, to_cpu, to_device)
+from minitrain.progress import ProgressCB
+from minitrain.schedulers import (BaseSchedCB, BatchSchedCB, EpochSchedCB, LRFinderCB, OneCycleCB, RecorderCB, get_lr,
+                                  plot_lr_find)
+from minitrain.models import CNN, MLP, Conv2dWithReLU, GeneralRelu, conv, init_weights
