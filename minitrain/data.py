@@ -95,10 +95,10 @@ FASHION_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-ima
 FASHION_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
 
 def read_idx(path: str | Path) -> np.ndarray:
-    "Read one IDX file (plain or `.gz`) into a numpy array."
+    "Read one IDX file (plain or gzipped, told apart by its first bytes) into a numpy array."
     path = Path(path)
-    opener = gzip.open if path.suffix == '.gz' else open
-    with opener(path, 'rb') as f: data = f.read()
+    data = path.read_bytes()
+    if data[:2] == b'\x1f\x8b': data = gzip.decompress(data)
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (it should start with two zero bytes and a type code).")
     ndim = data[3]

@@ -77,7 +77,7 @@ class LRFinderCB(Callback):
     def after_batch(self, learn):
         if not learn.training: raise CancelEpochException()
         self.lrs.append(get_lr(learn))
-        loss = float(learn.loss)   # the finder needs each loss on the host to decide when to stop
+        loss = learn.loss.detach().item()   # the finder needs each loss on the host to decide when to stop
         self.losses.append(loss)
         if not math.isfinite(loss) or loss > self.min * self.max_mult: raise CancelFitException()
         self.min = min(self.min, loss)

@@ -1,0 +1,42 @@
+# Two commands do all the set-up: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.minitrain-installed
+export MPLBACKEND := Agg
+
+.PHONY: install demo test pytest nbtest check-export export bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py --out report
+
+test: $(STAMP) check-export pytest nbtest
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+nbtest: $(STAMP)
+	$(BIN)/nbdev-test --n-workers 2
+
+# minitrain/ must be exactly what nbdev-export makes of nbs/ (exported in a scratch copy, then compared).
+check-export: $(STAMP)
+	@tmp=$$(mktemp -d) && cp -r nbs minitrain pyproject.toml $$tmp/ && \
+	  (cd $$tmp && $(CURDIR)/$(BIN)/nbdev-export) && \
+	  if diff -r -x __pycache__ -x '*.egg-info' minitrain $$tmp/minitrain; then echo "minitrain/ matches nbs/"; rm -rf $$tmp; \
+	  else echo "minitrain/ is out of step with nbs/: run 'make export' and commit the result."; rm -rf $$tmp; exit 1; fi
+
+export: $(STAMP)
+	$(BIN)/nbdev-export
+
+bench: $(STAMP)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) report _docs .pytest_cache
