@@ -22,8 +22,8 @@ with warnings.catch_warnings():
     from torcheval.metrics import Mean, Metric, MulticlassAccuracy
 
 # %% auto #0
-__all__ = ['logger', 'default_device', 'to_device', 'to_cpu', 'DeviceCB', 'set_seed', 'MetricsCB', 'SingleBatchCB',
-           'BatchTransformCB']
+__all__ = ['logger', 'default_device', 'to_device', 'to_cpu', 'DeviceCB', 'set_seed', 'WeightedMean', 'MetricsCB',
+           'SingleBatchCB', 'BatchTransformCB']
 
 # %% ../nbs/02_callbacks.ipynb #f26f88b2
 def default_device() -> torch.device:
@@ -67,6 +67,23 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
     np.random.seed(seed % 2**32)
 
 # %% ../nbs/02_callbacks.ipynb #712ba1b7
+class WeightedMean:
+    "Mean of the values passed to `update(value, weight)`, weighted; accumulated on the value's device."
+    def __init__(self): self.reset()
+    def reset(self) -> None: self.total, self.weight = None, 0.
+    def update(self, value: torch.Tensor, weight: float = 1.) -> "WeightedMean":
+        value = value.detach() * weight
+        self.total = value if self.total is None else self.total + value
+        self.weight += weight
+        return self
+    def compute(self) -> torch.Tensor:
+        if self.total is None: return torch.tensor(float('nan'))
+        return self.total.double() / self.weight
+    def to(self, device) -> "WeightedMean":
+        if self.total is not None: self.total = self.total.to(device)
+        return self
+
+# %% ../nbs/02_callbacks.ipynb #2f4aaa63
 class MetricsCB(Callback):
     "Accumulate torcheval metrics and the loss each phase; one numeric row per phase and epoch in `history`."
     order = 0
@@ -77,10 +94,10 @@ class MetricsCB(Callback):
                 raise TypeError(f"MetricsCB: metric '{name}' ({type(m).__name__}) needs update/compute/reset, "
                                 f"e.g. torcheval.metrics.MulticlassAccuracy().")
         self.metrics = metrics
-        self.all_metrics = {**metrics, 'loss': Mean()}
+        self.all_metrics = {**metrics, 'loss': WeightedMean()}
         self.loss = self.all_metrics['loss']
         self.history: list[dict] = []
-        self._log = log or (lambda row: logger.info('%s', row))
+        self._log = log or (lambda row: logger.debug('%s', row))
 
     def before_fit(self, learn):
         learn.metrics = self
@@ -107,7 +124,7 @@ class MetricsCB(Callback):
         "The latest row of `phase` ('train' or 'valid'), or None."
         return next((r for r in reversed(self.history) if r['phase'] == phase), None)
 
-# %% ../nbs/02_callbacks.ipynb #2f4aaa63
+# %% ../nbs/02_callbacks.ipynb #3b2db427
 class SingleBatchCB(Callback):
     "Stop the fit after the first batch."
     order = 1

@@ -65,6 +65,8 @@ def _check_event_names(cb: Any) -> None:
                                  f"Events: {', '.join(EVENTS)}.")
 
 # %% ../nbs/01_learner.ipynb #3ae13130
+_EVENT_NAMES = {lvl: (f'before_{lvl}', f'after_{lvl}', f'cleanup_{lvl}') for lvl in ('fit', 'epoch', 'batch')}
+
 def _set_lr(opt: optim.Optimizer, lr: float) -> None:
     for g in opt.param_groups: g['lr'] = lr
 
@@ -102,12 +104,13 @@ class Learner:
             except Exception as e: raise CallbackError(cb, event, e) from e
 
     def _with_events(self, f: Callable, name: str, cancel: type[Exception]) -> None:
+        before, after, cleanup = _EVENT_NAMES[name]
         try:
-            self.callback(f'before_{name}')
+            self.callback(before)
             f()
-            self.callback(f'after_{name}')
+            self.callback(after)
         except cancel: pass
-        finally: self.callback(f'cleanup_{name}')
+        finally: self.callback(cleanup)
 
     # --- the loop -------------------------------------------------------------------------------------------
     def _one_batch(self) -> None:
