@@ -54,7 +54,26 @@ def part_backbone(out: Path) -> None:
     log.info('digits CNN: valid accuracy %.3f after %d epochs', metrics.last()['accuracy'], learn.epoch)
 
 
-PARTS = {'backbone': part_backbone}
+def part_hooks(out: Path) -> None:
+    "Activation statistics of the digits CNN at a too-high (0.4) and a sensible (0.1) learning rate."
+    from minitrain.hooks import StoreModuleStatsCB
+    for lr, name in ((0.4, "too_high"), (0.1, "sensible")):
+        set_seed(42)
+        model = CNN()
+        stats = StoreModuleStatsCB(mods=model.layers)
+        metrics = MetricsCB(accuracy=MulticlassAccuracy())
+        TrainLearner(model, digits(bs=64), F.cross_entropy, lr=lr, opt_func=sgd_momentum,
+                     cbs=[DeviceCB(), metrics, stats]).fit(10)
+        title = f'lr={lr}: valid accuracy {metrics.last()["accuracy"]:.2f}'
+        for kind, plot in (('mean_std', stats.mean_std_plot), ('hist', stats.hist_plot), ('dead', stats.dead_chart)):
+            fig = plot()
+            fig.suptitle(f'{kind}, {title}', y=1.03)
+            fig.savefig(out / f'activations_{name}_{kind}.png', dpi=100, bbox_inches='tight')
+            plt.close(fig)
+        log.info('activation stats at lr=%s: %s', lr, title)
+
+
+PARTS = {'backbone': part_backbone, 'hooks': part_hooks}
 
 
 def main():
