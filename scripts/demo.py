@@ -73,7 +73,30 @@ def part_hooks(out: Path) -> None:
         log.info('activation stats at lr=%s: %s', lr, title)
 
 
-PARTS = {'backbone': part_backbone, 'hooks': part_hooks}
+def part_probmaps(out: Path) -> None:
+    "Class-probability maps of train-viz's 2-8-16-8-7 network on its seven-class blobs: two GIFs and a contact sheet."
+    from torch import nn
+    from minitrain import DataLoaders, TensorLoader
+    from minitrain.probmaps import ProbMapCB, map_grid, seven_class_blobs
+    set_seed(0)
+    x, y = seven_class_blobs()
+    xv, yv = seven_class_blobs(seed=1)
+    dls = DataLoaders(TensorLoader(x, y, bs=32, shuffle=True), TensorLoader(xv, yv, bs=128))
+    net = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(),
+                        nn.Linear(8, 7))
+    cb = ProbMapCB(xlim=(-3, 15), ylim=(-5, 14), resolution=150, every=4)
+    metrics = MetricsCB(accuracy=MulticlassAccuracy())
+    TrainLearner(net, dls, F.cross_entropy, lr=0.01, opt_func=sgd_momentum, cbs=[metrics, cb]).fit(160)
+    log.info('seven blobs: valid accuracy %.3f, %d snapshots of %d bytes each', metrics.last()['accuracy'],
+             len(cb.snapshots), cb.bytes_per_snapshot)
+    for mode in ('region', 'boundary'):
+        cb.animate(out / f'probmap_{mode}.gif', map_type=mode, interpolation_factor=2, frame_interval=60)
+    names = [f'{c}' for c in 'ABCDEFG']
+    fig = map_grid(cb.maps('region'), epochs=[0, 8, 20, 40, 80, 160], ncols=3, points=(x, y), class_names=names)
+    fig.savefig(out / 'probmap_contact_sheet.png', dpi=100, bbox_inches='tight'); plt.close(fig)
+
+
+PARTS = {'backbone': part_backbone, 'hooks': part_hooks, 'probmaps': part_probmaps}
 
 
 def main():
