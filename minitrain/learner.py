@@ -83,6 +83,7 @@ class Learner:
         self.on_nonfinite, self.check_every = on_nonfinite, max(1, int(check_every))
         self.opt: optim.Optimizer | None = None
         self.epoch = 0   # index of the running epoch; after a fit, the number of epochs done (fit(n) trains n more)
+        self.train_steps = 0   # optimizer steps taken, over all fits
         self._handlers: dict[str, list[Callable]] = {}
 
     # --- callbacks -------------------------------------------------------------------------------------------
@@ -123,6 +124,7 @@ class Learner:
             self.backward()
             self.callback('after_backward')
             self.step()
+            self.train_steps += 1
             self.callback('after_step')
             self.zero_grad()
 
@@ -166,7 +168,7 @@ class Learner:
                     raise ValueError("No learning rate: pass lr to the Learner or to fit(lr=...), or run lr_find() first.")
                 self.opt = self.opt_func(self.model.parameters(), self.lr)
             elif lr is not None: _set_lr(self.opt, lr)
-            self.n_epochs = n_epochs
+            self.n_epochs, self.run_train, self.run_valid = n_epochs, train, valid
             self.epochs = range(self.epoch, self.epoch + n_epochs)
             self._with_events(lambda: self._fit(train, valid), 'fit', CancelFitException)
         finally:
@@ -219,12 +221,12 @@ class Learner:
         warnings.warn(msg, RuntimeWarning)
 
     # --- saving and resuming ---------------------------------------------------------------------------------
-    def save(self, path: str | Path, with_rng: bool = True) -> Path:
-        "Save model, optimizer, epoch (and the random generators, so a resumed run follows the same trajectory)."
+    def save(self, path: str | Path, with_rng: bool = True, epoch: int | None = None) -> Path:
+        "Save model, optimizer, epoch (default `learn.epoch`), steps, and the random generators (for an exact resume)."
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {'model': self.model.state_dict(), 'opt': self.opt.state_dict() if self.opt else None,
-                 'epoch': self.epoch, 'lr': self.lr}
+                 'epoch': self.epoch if epoch is None else epoch, 'train_steps': self.train_steps, 'lr': self.lr}
         if with_rng:
             state['rng'] = {'torch': torch.get_rng_state(), 'python': random.getstate(), 'numpy': np.random.get_state(),
                             'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
@@ -244,7 +246,7 @@ class Learner:
         if state.get('opt') is not None:
             if self.opt is None: self.opt = self.opt_func(self.model.parameters(), self.lr)
             self.opt.load_state_dict(state['opt'])
-        self.epoch = state['epoch']
+        self.epoch, self.train_steps = state['epoch'], state.get('train_steps', 0)
         rng = state.get('rng')
         if with_rng and rng:
             torch.set_rng_state(rng['torch'].cpu())
@@ -258,11 +260,11 @@ class Learner:
         "Grow the lr by `gamma` each batch until the loss explodes; returns `(lrs, losses, suggestion)`. The model is restored."
         from .schedulers import LRFinderCB   # imported here: schedulers builds on this module
         saved = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict()) if self.opt else None,
-                 self.epoch, self.lr)
+                 self.epoch, self.train_steps, self.lr)
         finder = LRFinderCB(gamma=gamma, max_mult=max_mult)
         try: self.fit(max_epochs, lr=start_lr, cbs=[finder], reset_opt=True)
         finally:
-            model_state, opt_state, self.epoch, self.lr = saved
+            model_state, opt_state, self.epoch, self.train_steps, self.lr = saved
             self.model.load_state_dict(model_state)
             if opt_state is None: self.opt = None
             else:
