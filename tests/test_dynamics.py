@@ -187,7 +187,7 @@ def test_run_json_records_the_run(tmp_path):
     run_seeds(partial(make_grokking_learner, preset=TINY), [1], tmp_path, epochs=2, every=2)
     meta = json.loads((tmp_path / 'seed1' / 'run.json').read_text())
     assert meta['seed'] == 1 and meta['model'] == 'Transformer' and meta['optimizer']['name'] == 'AdamW'
-    assert meta['optimizer']['weight_decay'] == 1.0 and meta['hparams']['p'] == 11 and meta['status'] == 'finished'
+    assert meta['optimizer']['weight_decay'] == TINY.weight_decay and meta['hparams']['p'] == 11 and meta['status'] == 'finished'
     assert meta['versions']['torch'] == torch.__version__ and meta['epochs_done'] == 2
 
 
@@ -217,3 +217,10 @@ def test_workloads():
     learn = TrainLearner(parity_mlp(10, 64), dls, hinge_loss, lr=0.1, cbs=[MetricsCB(acc=SignAccuracy())]).fit(30)
     assert learn.metrics.last('train')['acc'] > 0.9
     assert ResNet(width=4, c_in=1)(torch.randn(2, 1, 12, 12)).shape == (2, 10)
+
+
+@pytest.mark.parametrize('values', [[3., 1., 2.], [4., 1., 3., 2.], [1., 1., 1., 5.], [2., 2., 7., 7.], [5.]])
+def test_median_paths_agree_with_numpy(values):
+    from minitrain.weight_metrics import _median, _median_torch
+    x = torch.tensor(values)
+    assert _median(x).item() == pytest.approx(np.median(values)) == pytest.approx(_median_torch(x).item())
