@@ -96,7 +96,31 @@ def part_probmaps(out: Path) -> None:
     fig.savefig(out / 'probmap_contact_sheet.png', dpi=100, bbox_inches='tight'); plt.close(fig)
 
 
-PARTS = {'backbone': part_backbone, 'hooks': part_hooks, 'probmaps': part_probmaps}
+def part_dynamics(out: Path, seeds=(0, 1, 2, 3)) -> None:
+    "Weight metrics of the small grokking preset over several seeds, one run folder per seed in runs/."
+    from functools import partial
+    from minitrain.dynamics import load_runs, run_seeds
+    from minitrain.workloads import GrokkingPreset, make_grokking_learner
+    preset = GrokkingPreset(every=5)
+    run_seeds(partial(make_grokking_learner, preset=preset), seeds, out / 'runs', epochs=preset.epochs,
+              every=preset.every, n_jobs=None)
+    runs = load_runs(out / 'runs')
+    fig, axs = plt.subplots(1, 3, figsize=(15, 4))
+    for run in runs:
+        label = run.attrs['name']
+        axs[0].plot(run['epoch'], run['train_accuracy'], color='gray', alpha=0.5)
+        axs[0].plot(run['epoch'], run['eval_accuracy'], label=label)
+        axs[1].plot(run['epoch'], run['l2'], label=label)
+        axs[2].plot(run['epoch'], run['variance_lambda'], label=label)
+        first = lambda col, v: next((int(e) for e, a in zip(run['epoch'], run[col]) if a >= v), None)
+        log.info('%s: train accuracy >= 0.99 at epoch %s, valid accuracy >= 0.9 at epoch %s (final %.3f)', label,
+                 first('train_accuracy', 0.99), first('eval_accuracy', 0.9), run['eval_accuracy'].iloc[-1])
+    for a, t in zip(axs, ('accuracy (gray: train)', 'l2', 'variance_lambda')): a.set_title(t); a.set_xlabel('epoch')
+    axs[0].legend()
+    fig.savefig(out / 'grokking_runs.png', dpi=100, bbox_inches='tight'); plt.close(fig)
+
+
+PARTS = {'backbone': part_backbone, 'hooks': part_hooks, 'probmaps': part_probmaps, 'dynamics': part_dynamics}
 
 
 def main():
