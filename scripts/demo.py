@@ -96,7 +96,7 @@ def part_probmaps(out: Path) -> None:
     fig.savefig(out / 'probmap_contact_sheet.png', dpi=100, bbox_inches='tight'); plt.close(fig)
 
 
-def part_dynamics(out: Path, seeds=(0, 1, 2, 3)) -> None:
+def part_dynamics(out: Path, seeds=(0, 1, 2, 3, 4, 5)) -> None:
     "Weight metrics of the small grokking preset over several seeds, one run folder per seed in runs/."
     from functools import partial
     from minitrain.dynamics import load_runs, run_seeds
@@ -120,7 +120,18 @@ def part_dynamics(out: Path, seeds=(0, 1, 2, 3)) -> None:
     fig.savefig(out / 'grokking_runs.png', dpi=100, bbox_inches='tight'); plt.close(fig)
 
 
-PARTS = {'backbone': part_backbone, 'hooks': part_hooks, 'probmaps': part_probmaps, 'dynamics': part_dynamics}
+def part_hmm(out: Path) -> None:
+    "HMM analysis of the grokking runs: model selection, training map (PNG and HTML), metric curves with states."
+    from minitrain.hmm_report import analyze_runs
+    if not (out / 'runs').exists(): part_dynamics(out)
+    a = analyze_runs(out / 'runs', out=out / 'hmm', ks=range(1, 7), metric='valid_accuracy', threshold=0.9)
+    reg = a.regression
+    log.info('HMM: %d states by BIC; regression R^2 %s; dissimilarity %.3f; files in %s', a.selection.k,
+             'n/a' if reg is None else f'{reg.r2:.3f}', a.dissimilarity, a.out)
+
+
+PARTS = {'backbone': part_backbone, 'hooks': part_hooks, 'probmaps': part_probmaps, 'dynamics': part_dynamics,
+         'hmm': part_hmm}
 
 
 def main():
