@@ -391,9 +391,15 @@ def convergence_time(run: pd.DataFrame, metric: str = 'valid_accuracy', threshol
     hit = np.where(col >= threshold)[0]
     return float(ep[hit[0]] if len(hit) else ep[-1])
 
-def convergence_regression(decoded: Sequence[pd.DataFrame], metric: str = 'valid_accuracy', threshold: float = 0.9,
-                           n_states: int | None = None) -> Regression:
-    "OLS of convergence time on each run's state distribution: R², p-value, coefficients, detour states."
+def convergence_regression(runs: Sequence[pd.DataFrame], states: Sequence | None = None, metric: str = 'valid_accuracy',
+                           threshold: float = 0.9, n_states: int | None = None) -> Regression:
+    "OLS of convergence time on each run's state distribution (`states`, or the runs' `latent_state`): R², p, detours."
+    if states is not None:
+        if len(states) != len(runs): raise ValueError(f"{len(runs)} runs but {len(states)} state sequences.")
+        runs = [r.assign(latent_state=np.r_[np.asarray(s), np.full(len(r) - len(s), -1)].astype(int)) for r, s in zip(runs, states)]
+    if not all('latent_state' in r for r in runs):
+        raise ValueError("convergence_regression needs states: pass states=[...] or runs from decode() (latent_state column).")
+    decoded = runs
     dist = state_distributions(decoded, n_states)
     y = np.array([convergence_time(r, metric, threshold) for r in decoded])
     used = [k for k in dist.columns if dist[k].sum() > 0]             # states no run visits carry no information

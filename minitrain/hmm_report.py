@@ -22,8 +22,8 @@ from .plotting import empty_plot, get_grid, save_figure, subplots
 logger = logging.getLogger('minitrain')
 
 # %% auto #0
-__all__ = ['logger', 'STATE_COLORS', 'plot_model_selection', 'state_color', 'plot_training_map', 'training_map_html',
-           'plot_metrics_with_states', 'Analysis', 'analyze_runs']
+__all__ = ['logger', 'STATE_COLORS', 'plot_model_selection', 'state_color', 'plot_training_map', 'training_map_html', 'svg_chart',
+           'model_selection_html', 'metrics_html', 'plot_metrics_with_states', 'Analysis', 'analyze_runs']
 
 # %% ../nbs/24_hmm_report.ipynb #63492a6f
 def plot_model_selection(selection: ModelSelection, ax=None, figsize: tuple = (11, 4)):
@@ -166,6 +166,91 @@ Hover a state or a transition for its details. Green ring: start state; outer ri
     return page
 
 # %% ../nbs/24_hmm_report.ipynb #791f1996
+def _hex(k: int) -> str:
+    return '#%02x%02x%02x' % tuple(int(255 * c) for c in state_color(k)[:3])
+
+def svg_chart(lines: Sequence[dict], bands: Sequence[dict] = (), title: str = '', xlabel: str = '', ylabel: str = '',
+              width: int = 460, height: int = 240) -> str:
+    "An SVG chart: `lines` ({'x','y','color','label','tips'}) over `bands` ({'x0','x1','color','tip'}); hover texts as titles."
+    pad_l, pad_r, pad_t, pad_b = 55, 10, 25, 35
+    xs = np.concatenate([np.asarray(l['x'], float) for l in lines] + [np.array([b['x0'], b['x1']], float) for b in bands])
+    ys = np.concatenate([np.asarray(l['y'], float) for l in lines])
+    xs, ys = xs[np.isfinite(xs)], ys[np.isfinite(ys)]
+    if not len(xs) or not len(ys): return f'<svg width="{width}" height="{height}"><text x="20" y="40">nothing to show</text></svg>'
+    x0, x1 = xs.min(), xs.max() if xs.max() > xs.min() else xs.min() + 1
+    y0, y1 = ys.min(), ys.max() if ys.max() > ys.min() else ys.min() + 1
+    X = lambda v: pad_l + (v - x0) / (x1 - x0) * (width - pad_l - pad_r)
+    Y = lambda v: height - pad_b - (v - y0) / (y1 - y0) * (height - pad_t - pad_b)
+    out = [f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
+           f'<text x="{width / 2:.0f}" y="15" text-anchor="middle" font-size="12">{html.escape(title)}</text>']
+    for b in bands:
+        out.append(f'<rect x="{X(b["x0"]):.1f}" y="{pad_t}" width="{max(X(b["x1"]) - X(b["x0"]), 0.5):.1f}" '
+                   f'height="{height - pad_t - pad_b}" fill="{b["color"]}" opacity="0.35"><title>{html.escape(b["tip"])}</title></rect>')
+    for l in lines:
+        pts = [(X(x), Y(y)) for x, y in zip(l['x'], l['y']) if np.isfinite(x) and np.isfinite(y)]
+        out.append(f'<polyline fill="none" stroke="{l.get("color", "black")}" stroke-width="1.5" '
+                   f'points="{" ".join(f"{px:.1f},{py:.1f}" for px, py in pts)}"/>')
+        for (px, py), tip in zip(pts, l.get('tips') or []):
+            out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{l.get("color", "black")}" opacity="0.5">'
+                       f'<title>{html.escape(tip)}</title></circle>')
+    for v in (y0, (y0 + y1) / 2, y1):
+        out.append(f'<text x="{pad_l - 4}" y="{Y(v) + 4:.0f}" text-anchor="end" font-size="10">{v:.4g}</text>')
+    for v in (x0, (x0 + x1) / 2, x1):
+        out.append(f'<text x="{X(v):.0f}" y="{height - pad_b + 14}" text-anchor="middle" font-size="10">{v:.4g}</text>')
+    out.append(f'<text x="{(pad_l + width) / 2:.0f}" y="{height - 5}" text-anchor="middle" font-size="11">{html.escape(xlabel)}</text>')
+    out.append(f'<text x="12" y="{height / 2:.0f}" transform="rotate(-90 12 {height / 2:.0f})" text-anchor="middle" '
+               f'font-size="11">{html.escape(ylabel)}</text>')
+    out.append(f'<rect x="{pad_l}" y="{pad_t}" width="{width - pad_l - pad_r}" height="{height - pad_t - pad_b}" fill="none" stroke="#ccc"/>')
+    return '\n'.join(out + ['</svg>'])
+
+def _page(title: str, body: str) -> str:
+    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>body '
+            f'{{font-family: sans-serif; margin: 20px}} .chart {{margin: 4px}}</style></head><body><h2>{html.escape(title)}</h2>'
+            f'{body}</body></html>\n')
+
+def _write(page: str, path) -> str:
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(page, encoding='utf-8')
+    return page
+
+def model_selection_html(selection: ModelSelection, path: str | Path | None = None) -> str:
+    "Interactive held-out BIC/AIC per K and restart (hover a point for its fit). Returns the HTML."
+    t = selection.table[selection.table['finite']]
+    s = selection.summary()
+    charts = []
+    for crit, color in (('bic', '#1f77b4'), ('aic', '#ff7f0e')):
+        restarts = [{'x': g['k'].tolist(), 'y': g[crit].tolist(), 'color': color,
+                     'tips': [f"K={r.k}, restart {r.restart}: {crit.upper()} {getattr(r, crit):.1f}, held-out log-lik "
+                              f"{r.test_loglik:.1f}, converged {r.converged} ({r.n_iter} iterations)" for r in g.itertuples()]}
+                    for _, g in t.sort_values('k').groupby('restart')]
+        mean = {'x': s.index.tolist(), 'y': s[f'{crit}_mean'].tolist(), 'color': 'black',
+                'tips': [f'K={k}: mean {crit.upper()} {v:.1f}' for k, v in zip(s.index, s[f'{crit}_mean'])]}
+        charts.append(svg_chart(restarts + [mean], title=f'held-out {crit.upper()} (black: mean over restarts)',
+                                xlabel='number of states K', ylabel=crit.upper()))
+    body = f'<p>Chosen K = {selection.k} (lowest mean held-out {selection.criterion.upper()}).</p>' + ''.join(charts)
+    return _write(_page('Model selection', body), path)
+
+def metrics_html(decoded: Sequence[pd.DataFrame], metrics: Sequence[str] = ('l2',), runs: Sequence[int] | None = None,
+                 path: str | Path | None = None, max_points: int = 400) -> str:
+    "Interactive metric curves over state bands for chosen runs (hover bands and points). Returns the HTML."
+    chosen = [decoded[i] for i in (runs if runs is not None else range(min(4, len(decoded))))]
+    rows = []
+    for run in chosen:
+        ep, s = run[_col(run, 'epoch')].to_numpy(), run['latent_state'].to_numpy()
+        bands = [{'x0': ep[i0], 'x1': ep[i1] if i1 < len(ep) else ep[-1], 'color': _hex(k),
+                  'tip': f'state {k}: epochs {ep[i0]}-{ep[i1 - 1]}'} for k, i0, i1 in _segments(s) if k >= 0]
+        step = max(1, len(ep) // max_points)
+        charts = []
+        for m in metrics:
+            y = run[_col(run, m)].to_numpy()
+            line = {'x': ep[::step], 'y': y[::step], 'tips': [f'epoch {e}: {m} = {v:.4g}, state {k}'
+                                                              for e, v, k in zip(ep[::step], y[::step], s[::step])]}
+            charts.append(svg_chart([line], bands, title=f"{run.attrs.get('name', '')}: {m}", xlabel='epoch', ylabel=m))
+        rows.append('<div>' + ''.join(charts) + '</div>')
+    return _write(_page('Metrics with latent states', ''.join(rows)), path)
+
+# %% ../nbs/24_hmm_report.ipynb #b424c108
 def plot_metrics_with_states(decoded: Sequence[pd.DataFrame], metrics: Sequence[str] = ('l2',), runs: Sequence[int] | None = None,
                              accuracy: str | None = 'valid_accuracy', ax=None, figsize: tuple | None = None):
     "Metric curves of decoded runs with their latent states as coloured bands and accuracy overlaid. Returns the figure."
@@ -199,7 +284,7 @@ def plot_metrics_with_states(decoded: Sequence[pd.DataFrame], metrics: Sequence[
     fig.tight_layout()
     return fig
 
-# %% ../nbs/24_hmm_report.ipynb #b424c108
+# %% ../nbs/24_hmm_report.ipynb #fa8a5942
 @dataclass
 class Analysis:
     "Everything `analyze_runs` found."
@@ -222,7 +307,7 @@ def analyze_runs(runs_or_path, out: str | Path | None = None, features: Sequence
     sel = fit_hmms(runs, features, ks, restarts, seed=seed, n_jobs=n_jobs, **fit_kwargs)
     decoded = decode(sel, runs, first_n=fit_kwargs.get('first_n'))
     tmap = training_map(sel)
-    try: reg = convergence_regression(decoded, metric, threshold, n_states=sel.k)
+    try: reg = convergence_regression(decoded, metric=metric, threshold=threshold, n_states=sel.k)
     except (KeyError, ValueError) as e:
         logger.warning('convergence regression skipped: %s', e)
         reg = None
@@ -240,6 +325,8 @@ def _write_analysis(a: Analysis, plot_metrics: Sequence[str]) -> None:
     for name, fig in figs.items():
         save_figure(fig, out / name); plt.close(fig)
     training_map_html(a.map, out / 'training_map.html')
+    model_selection_html(a.selection, out / 'model_selection.html')
+    metrics_html(a.decoded, plot_metrics, path=out / 'metrics_with_states.html')
     (out / 'training_map.json').write_text(json.dumps(a.map.to_dict(), indent=1))
     pd.concat([pd.DataFrame({'run': d.attrs.get('name', i), 'epoch': d[_col(d, 'epoch')], 'latent_state': d['latent_state']})
                for i, d in enumerate(a.decoded)]).to_csv(out / 'states.csv', index=False)

@@ -9,8 +9,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from minitrain.hmm import (convergence_regression, decode, filtered_posteriors, fit_hmms, posterior_gradient,
                            prepare_runs, sample_phase_runs, trajectory_dissimilarity, training_map)
-from minitrain.hmm_report import (analyze_runs, plot_metrics_with_states, plot_model_selection, plot_training_map,
-                                  training_map_html)
+from minitrain.hmm_report import (analyze_runs, metrics_html, model_selection_html, plot_metrics_with_states,
+                                  plot_model_selection, plot_training_map, training_map_html)
 
 FEATS = [f'f{i}' for i in range(5)]
 
@@ -135,7 +135,10 @@ def test_regression_finds_detour_state():
         conv = n0 + n2                            # convergence when state 1 starts
         acc = (np.arange(100) >= conv).astype(float)
         decoded.append(pd.DataFrame({'epoch': np.arange(100), 'latent_state': states, 'eval_accuracy': acc}))
-    reg = convergence_regression(decoded, 'valid_accuracy', 0.9)
+    reg = convergence_regression(decoded, metric='valid_accuracy', threshold=0.9)
+    states = [d['latent_state'].to_numpy() for d in decoded]
+    same = convergence_regression([d.drop(columns='latent_state') for d in decoded], states, threshold=0.9)
+    assert same.r2 == reg.r2 and same.detours == reg.detours
     assert reg.r2 > 0.99 and reg.p_value < 1e-6 and reg.detours == [2]
     assert reg.coefficients[2] > 0 and reg.convergence[next(iter(reg.convergence))] == decoded[0].eval_accuracy.argmax()
 
@@ -158,6 +161,11 @@ def test_plots_html_and_full_analysis(known, tmp_path):
     dec = decode(sel, frames(runs, truth))
     fig = plot_metrics_with_states(dec, metrics=('f0', 'f1'), runs=[0, 1])
     assert sum(a.get_title().startswith('seed') for a in fig.axes) == 4
+    ms = model_selection_html(sel)
+    n_fits = int(sel.table['finite'].sum())
+    assert ms.count('restart') >= 2 * n_fits and f'Chosen K = {sel.k}' in ms
+    page = metrics_html(dec, metrics=('f0',), runs=[0])
+    assert page.count('<title>state ') == 3 and page.count('<polyline') == 1
     a = analyze_runs(frames(runs, truth), out=tmp_path / 'analysis', features=FEATS, ks=range(1, 5), restarts=2, n_jobs=1,
                      plot_metrics=('f0',))
     summary = json.loads((tmp_path / 'analysis' / 'summary.json').read_text())
