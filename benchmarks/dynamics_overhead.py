@@ -11,6 +11,7 @@ import tempfile
 import time
 
 import torch
+from _timing import median_time
 
 from minitrain.callbacks import set_seed
 from minitrain.dynamics import TrainingDynamicsCB
@@ -53,14 +54,6 @@ def naive_metrics(model):
     out.update(mean_w=ws.mean().item(), median_w=ws.median().item(), var_w=ws.var().item(),
                mean_b=bs.mean().item(), median_b=bs.median().item(), var_b=bs.var().item())
     return out
-
-
-def median_time(f, n=20):
-    f()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def main():

@@ -11,6 +11,7 @@ import statistics
 import time
 
 import torch
+from _timing import median_time
 import torch.nn.functional as F
 from torch import nn
 
@@ -22,14 +23,6 @@ XLIM, YLIM, NX, NY, EPOCHS = (-3, 15), (-5, 14), 360, 380, 30
 
 def net():
     return nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 7))
-
-
-def median_time(f, n=15):
-    f()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def fit_time(cbs_factory):

@@ -224,3 +224,13 @@ def test_median_paths_agree_with_numpy(values):
     from minitrain.weight_metrics import _median, _median_torch
     x = torch.tensor(values)
     assert _median(x).item() == pytest.approx(np.median(values)) == pytest.approx(_median_torch(x).item())
+
+
+@pytest.mark.parametrize('make_model,lr,epochs', [(lambda: LeNet5(), 0.05, 5), (lambda: __import__('minitrain').MLP((64, 64, 10)), 0.1, 3)])
+def test_digits_workloads_learn(make_model, lr, epochs):
+    from minitrain import digits
+    set_seed(0)
+    learn = TrainLearner(make_model(), digits(bs=64), F.cross_entropy, lr=lr,
+                         opt_func=lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9),
+                         cbs=[MetricsCB(accuracy=MulticlassAccuracy())]).fit(epochs)
+    assert learn.metrics.last()['accuracy'] > 0.8

@@ -173,3 +173,17 @@ def test_lsuv_init_gives_unit_variance():
 def test_module_filter_matching_nothing_is_an_error(small):
     with pytest.raises(CallbackError, match="no module to hook"):
         TrainLearner(CNN(), small, F.cross_entropy, cbs=[StoreModuleStatsCB(mod_filter=lambda m: False)]).fit(1)
+
+
+def test_the_users_example_runs_as_written(tmp_path, monkeypatch):
+    "The issue's example, verbatim apart from the data (digits) and the working folder."
+    from minitrain import DeviceCB, MetricsCB, MulticlassAccuracy, ProgressCB
+    monkeypatch.chdir(tmp_path)
+    set_seed(42)
+    model = CNN()
+    cb = StoreModuleStatsCB(mods=model.layers)
+    learn = TrainLearner(model, digits(), F.cross_entropy, lr=0.6,
+                         cbs=[MetricsCB(MulticlassAccuracy(num_classes=10)), DeviceCB(), ProgressCB(plot=True), cb]).fit()
+    figs = [cb.mean_std_plot(), cb.hist_plot(), cb.dead_chart()]
+    assert all(isinstance(f, Figure) for f in figs) and (tmp_path / 'loss.png').exists()
+    assert len(cb.stats) == 5 and len(cb.stats[0]['mean']) == len(learn.dls.train) and n_hooks(model) == 0
