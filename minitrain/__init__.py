@@ -9,5 +9,6 @@ from minitrain.progress import ProgressCB
 from minitrain.schedulers import (BaseSchedCB, BatchSchedCB, EpochSchedCB, LRFinderCB, OneCycleCB, RecorderCB, get_lr,
                                   plot_lr_find)
 from minitrain.models import CNN, MLP, Conv2dWithReLU, GeneralRelu, conv, init_weights
+from minitrain.parallel import parallel_map
 from minitrain.hooks import (ActivationStats, Hook, Hooks, HooksCallback, StoreModuleStats, StoreModuleStatsCB,
                              lsuv_init)

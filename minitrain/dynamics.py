@@ -6,11 +6,9 @@ import csv
 import json
 import logging
 import math
-import multiprocessing
 import os
 import platform
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -20,7 +18,8 @@ from torch import nn
 
 from .callbacks import set_seed
 from .learner import Callback, Learner
-from .weight_metrics import DEFAULT_EXCLUDE, PAPER_METRICS, weight_metrics
+from .parallel import parallel_map
+from .weight_metrics import DEFAULT_EXCLUDE, weight_metrics
 
 logger = logging.getLogger('minitrain')
 
@@ -257,34 +256,16 @@ def _run_one(make_learner: Callable[[int], Learner], seed: int, folder: str, epo
         return {'seed': seed, 'status': 'resumed' if resumed else 'trained', 'epochs': learn.epoch, 'seconds': time.time() - t}
     finally: torch.set_num_threads(threads)
 
-def _init_worker():
-    torch.set_num_threads(1)
-    os.environ['OMP_NUM_THREADS'] = '1'
-
 def run_seeds(make_learner: Callable[[int], Learner], seeds: Iterable[int], path: str | Path, epochs: int,
               n_jobs: int | None = 1, every: int = 10, unit: str = 'epoch', hookpoints=None, **cb_kwargs) -> list[dict]:
     "Train one run per seed into `path/seed{seed}` (skip finished, resume partial), in parallel if `n_jobs > 1`."
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    seeds = list(seeds)
-    n_jobs = os.cpu_count() if n_jobs is None else n_jobs
     cb_kwargs = {'every': every, 'unit': unit, 'hookpoints': hookpoints, **cb_kwargs}
     jobs = [(make_learner, s, str(path / f'seed{s}'), epochs, cb_kwargs) for s in seeds]
-    results = []
-    from fastprogress import fastprogress
-    from minitrain.progress import _live_output
+    done = []
     def report(res):
-        results.append(res)
+        done.append(res)
         logger.info('run_seeds: seed %s %s (%d epochs), %d/%d done', res['seed'], res['status'], res['epochs'],
-                    len(results), len(jobs))
-    if n_jobs <= 1 or len(jobs) <= 1:
-        it = fastprogress.progress_bar(jobs) if _live_output() else jobs
-        for job in it: report(_run_one(*job))
-    else:
-        ctx = multiprocessing.get_context('spawn')   # fork after torch has started threads can deadlock
-        with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)), mp_context=ctx, initializer=_init_worker) as ex:
-            futures = [ex.submit(_run_one, *job) for job in jobs]
-            done = as_completed(futures)
-            if _live_output(): done = fastprogress.progress_bar(done, total=len(futures))
-            for f in done: report(f.result())
-    return sorted(results, key=lambda r: seeds.index(r['seed']))
+                    len(done), len(jobs))
+    return parallel_map(_run_one, jobs, n_jobs, on_result=report, progress=True)

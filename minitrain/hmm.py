@@ -3,19 +3,16 @@
 # %% ../nbs/23_hmm.ipynb #ceaac801
 from __future__ import annotations
 import logging
-import math
-import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
-import multiprocessing
 import numpy as np
 import pandas as pd
 from scipy import stats
 from scipy.special import logsumexp
 
+from .parallel import parallel_map
 from .weight_metrics import PAPER_METRICS
 
 logger = logging.getLogger('minitrain')
@@ -141,21 +138,10 @@ def _fit_one(train: tuple[np.ndarray, list[int]], test: tuple[np.ndarray, list[i
     finally: hmm_log.setLevel(level)
     return res
 
-def _init_worker():
-    os.environ['OMP_NUM_THREADS'] = os.environ['OPENBLAS_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = '1'
-    try:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(1)
-    except ImportError: pass
-
-def _run_fits(jobs: list[tuple], n_jobs: int | None) -> list[dict]:
-    n_jobs = os.cpu_count() if n_jobs is None else n_jobs
-    if n_jobs <= 1 or len(jobs) <= 1:
-        from threadpoolctl import threadpool_limits
-        with threadpool_limits(1): return [_fit_one(*j) for j in jobs]   # same numbers as the workers
-    ctx = multiprocessing.get_context('spawn')
-    with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)), mp_context=ctx, initializer=_init_worker) as ex:
-        return list(ex.map(_fit_one, *zip(*jobs)))
+def _fit_one_limited(*job) -> dict:
+    "`_fit_one` with one BLAS thread, in-process and in workers alike (so results do not depend on n_jobs)."
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1): return _fit_one(*job)
 
 # %% ../nbs/23_hmm.ipynb #bcb95568
 @dataclass
@@ -215,7 +201,7 @@ def fit_hmms(runs: Sequence, features: Sequence[str] | None = None, ks: Iterable
             continue
         jobs += [(train, test, k, r, seed, covariance_type, n_iter, tol, init, stay, min_covar) for r in range(restarts)]
     if not jobs: raise ValueError("no K can be fitted with this much data (see the warnings).")
-    results = _run_fits(jobs, n_jobs)
+    results = parallel_map(_fit_one_limited, jobs, n_jobs)
     bad = [(r['k'], r['restart'], r['error'] or 'non-finite parameters') for r in results if r['model'] is None]
     if bad: warnings.warn(f"{len(bad)} fit(s) failed or had non-finite parameters and were excluded: {bad[:8]}. "
                           f"Raising min_covar (now {min_covar}) usually helps.", RuntimeWarning)
@@ -230,6 +216,10 @@ def fit_hmms(runs: Sequence, features: Sequence[str] | None = None, ks: Iterable
     models = {k: relabel_by_first_visit(m, data.arrays) for k, (_, m) in models.items()}
     sel = ModelSelection(table, models, 0, criterion, data, train_idx, test_idx)
     sel.k = _choose(sel.summary(), criterion)
+    if sel.k == 1 and len(models) > 1 and covariance_type == 'full':
+        warnings.warn("the held-out runs are best explained by a single state: with few runs, full covariances over "
+                      "correlated metrics overfit the training runs (held-out log-likelihood falls as K grows). Try "
+                      "covariance_type='diag', fewer features, or more runs.", RuntimeWarning)
     return sel
 
 # %% ../nbs/23_hmm.ipynb #d1bcefa3

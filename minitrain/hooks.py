@@ -2,7 +2,6 @@
 
 # %% ../nbs/10_hooks.ipynb #c5a3155f
 from __future__ import annotations
-import math
 from functools import partial
 from typing import Any, Callable, Iterable, Sequence
 

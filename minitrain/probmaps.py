@@ -6,19 +6,18 @@ import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib import animation
-from matplotlib.colors import to_rgb
 from matplotlib.lines import Line2D
 from torch import nn
 
 from .learner import Callback
-from .plotting import get_grid, save_figure, subplots
+from .plotting import get_grid, subplots
 
 # %% auto #0
 __all__ = ['BLOB_CENTRES', 'seven_class_blobs', 'spirals', 'moons', 'grid_points', 'class_probs', 'ProbMap', 'make_map',

@@ -3,10 +3,8 @@
 # %% ../nbs/05_schedulers.ipynb #ea2180d3
 from __future__ import annotations
 import math
-from functools import partial
 from typing import Callable, NamedTuple
 
-import torch
 from torch.optim import lr_scheduler
 
 from .learner import Callback, CancelEpochException, CancelFitException

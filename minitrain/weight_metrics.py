@@ -2,10 +2,9 @@
 
 # %% ../nbs/20_weight_metrics.ipynb #41d775da
 from __future__ import annotations
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch

@@ -3,7 +3,7 @@
 # %% ../nbs/21_workloads.ipynb #5e510c4b
 from __future__ import annotations
 import math
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, asdict
 from typing import Callable, Sequence
 
 import torch
