@@ -124,7 +124,9 @@ def part_hmm(out: Path) -> None:
     "HMM analysis of the grokking runs: model selection, training map (PNG and HTML), metric curves with states."
     from minitrain.hmm_report import analyze_runs
     if not (out / 'runs').exists(): part_dynamics(out)
-    a = analyze_runs(out / 'runs', out=out / 'hmm', ks=range(1, 7), metric='valid_accuracy', threshold=0.9)
+    # diagonal covariances: with a handful of runs, full covariances over 14 correlated metrics overfit (BIC picks 1)
+    a = analyze_runs(out / 'runs', out=out / 'hmm', ks=range(1, 8), metric='valid_accuracy', threshold=0.9,
+                     covariance_type='diag')
     reg = a.regression
     log.info('HMM: %d states by BIC; regression R^2 %s; dissimilarity %.3f; files in %s', a.selection.k,
              'n/a' if reg is None else f'{reg.r2:.3f}', a.dissimilarity, a.out)
