@@ -55,40 +55,37 @@ def state_color(k: int):
     return STATE_COLORS(k % 10)
 
 def _layout(tmap: TrainingMap) -> dict[int, tuple[float, float]]:
+    "States left to right, evenly spaced, in the order of their mean first visit (never visited: last)."
     order = sorted(tmap.nodes, key=lambda k: (np.nan_to_num(tmap.nodes[k]['first_epoch'], nan=np.inf), k))
-    firsts = [tmap.nodes[k]['first_epoch'] for k in order]
-    finite = [f for f in firsts if np.isfinite(f)]
-    span = (max(finite) - min(finite)) if len(finite) > 1 else 1.
-    pos, column, last_x = {}, [], None
-    for rank, k in enumerate(order):
-        f = tmap.nodes[k]['first_epoch']
-        x = (f - min(finite)) / (span or 1.) if np.isfinite(f) else 1.1
-        if last_x is not None and abs(x - last_x) < 0.08: column.append(k)
-        else: column = [k]
-        last_x = x if not column[:-1] else last_x
-        for i, c in enumerate(column): pos[c] = (last_x if len(column) > 1 else x, (i - (len(column) - 1) / 2) * 0.5)
-    return pos
+    return {k: (float(i), 0.) for i, k in enumerate(order)}
+
+def _arc(pos, j: int, k: int, edges) -> float:
+    "Curvature of edge j -> k: straight to a neighbour, arched over skipped states; j -> k and k -> j bend apart."
+    span = abs(pos[k][0] - pos[j][0])
+    return 0.25 if (k, j) in edges else 0. if span <= 1 else 0.35
 
 def _edge_text(e: dict) -> str:
     feats = ', '.join(f"{f['feature']} {'↑' if f['delta'] >= 0 else '↓'}{abs(f['delta']):.2f}" for f in e['features'])
     return f"{e['n_runs']} runs, epoch {e['mean_epoch']:.0f}\n{feats}"
 
-def plot_training_map(tmap: TrainingMap, ax=None, figsize: tuple = (11, 6), labels: bool = True):
+def plot_training_map(tmap: TrainingMap, ax=None, figsize: tuple | None = None, labels: bool = True):
     "The training map as a network graph (matplotlib). Returns the figure."
-    fig, axs = subplots(ax=ax, figsize=figsize)
+    fig, axs = subplots(ax=ax, figsize=figsize or (2.4 * len(tmap.nodes) + 2, 5.5))
     a = axs[0, 0]
     if not tmap.nodes: return empty_plot(a, 'no states').figure
     pos = _layout(tmap)
     max_runs = max([e['n_runs'] for e in tmap.edges.values()] or [1])
-    for (j, k), e in tmap.edges.items():
-        rad = 0.25 if (k, j) in tmap.edges else 0.1
-        arrow = FancyArrowPatch(pos[j], pos[k], arrowstyle='-|>', mutation_scale=15, color='gray', alpha=0.8,
-                                lw=1 + 4 * e['n_runs'] / max_runs, connectionstyle=f'arc3,rad={rad}', shrinkA=22, shrinkB=22)
-        a.add_patch(arrow)
+    for i, ((j, k), e) in enumerate(sorted(tmap.edges.items(), key=lambda kv: (pos[kv[0][0]][0], pos[kv[0][1]][0]))):
+        rad = _arc(pos, j, k, tmap.edges)
+        a.add_patch(FancyArrowPatch(pos[j], pos[k], arrowstyle='-|>', mutation_scale=15, color='gray', alpha=0.8,
+                                    lw=1 + 4 * e['n_runs'] / max_runs, connectionstyle=f'arc3,rad={rad}', shrinkA=22,
+                                    shrinkB=22))
         if labels:
-            (x0, y0), (x1, y1) = pos[j], pos[k]
-            a.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.12 + rad * 0.3, _edge_text(e), fontsize=7, ha='center', va='bottom',
-                   bbox=dict(boxstyle='round', fc='white', ec='lightgray', alpha=0.9))
+            (x0, _), (x1, _) = pos[j], pos[k]
+            bulge = -rad * (x1 - x0) / 2          # where the arc passes, above (+) or below (-) the line of states
+            y = bulge + (0.3 if bulge >= 0 and i % 2 == 0 else -0.3 if bulge <= 0 and i % 2 else 0.3 * np.sign(bulge))
+            a.text((x0 + x1) / 2, y, f'{j}→{k}: ' + _edge_text(e), fontsize=7, ha='center',
+                   va='bottom' if y >= 0 else 'top', bbox=dict(boxstyle='round', fc='white', ec='lightgray', alpha=0.9))
     for k, n in tmap.nodes.items():
         x, y = pos[k]
         size = 600 + 3000 * n['share']
@@ -96,18 +93,18 @@ def plot_training_map(tmap: TrainingMap, ax=None, figsize: tuple = (11, 6), labe
         if k in tmap.start_states: a.scatter([x], [y], s=size * 1.6, facecolors='none', edgecolors='green', lw=2, zorder=2)
         if k in tmap.end_states: a.scatter([x], [y], s=size * 1.6, facecolors='none', edgecolors='black', lw=1, zorder=2)
         a.text(x, y, str(k), ha='center', va='center', fontsize=11, fontweight='bold', zorder=4)
-        a.text(x, y - 0.2, f"{n['share']:.0%} of checkpoints\n{n['n_runs']}/{tmap.n_runs} runs", ha='center', va='top', fontsize=7)
-    xs, ys = zip(*pos.values())
-    a.set_xlim(min(xs) - 0.2, max(xs) + 0.2); a.set_ylim(min(ys) - 0.6, max(ys) + 0.6)
+        a.text(x + 0.28, y + 0.12, f"{n['share']:.0%}\n{n['n_runs']}/{tmap.n_runs} runs", ha='left', va='bottom', fontsize=7)
+    a.set_xlim(-0.6, len(pos) - 0.4); a.set_ylim(-1.3, 1.3)
     a.set_axis_off()
-    a.set_title('training map (green ring: start state, double ring: end state; left to right: first visit)')
+    a.set_title('training map: states in order of first visit (green ring: start, double ring: end); edges: runs, '
+                'mean epoch, top features (z-units)', fontsize='medium')
     return fig
 
 # %% ../nbs/24_hmm_report.ipynb #fe2acc17
 def training_map_html(tmap: TrainingMap, path: str | Path | None = None, title: str = 'Training map') -> str:
     "An interactive (hover) HTML page of the training map; written to `path` if given. Returns the HTML."
     pos = _layout(tmap)
-    W, H, pad = 900, 500, 80
+    W, H, pad = max(600, 170 * len(pos) + 160), 500, 80
     xs, ys = zip(*pos.values()) if pos else ([0], [0])
     sx = lambda x: pad + (x - min(xs)) / ((max(xs) - min(xs)) or 1) * (W - 2 * pad)
     sy = lambda y: H / 2 + y * 180
@@ -116,8 +113,8 @@ def training_map_html(tmap: TrainingMap, path: str | Path | None = None, title: 
     parts = []
     for (j, k), e in tmap.edges.items():
         (x0, y0), (x1, y1) = (sx(pos[j][0]), sy(pos[j][1])), (sx(pos[k][0]), sy(pos[k][1]))
-        bend = 40 if (k, j) in tmap.edges else 15
-        mx, my = (x0 + x1) / 2 - (y1 - y0) * bend / 200, (y0 + y1) / 2 + (x1 - x0) * bend / 200 - bend
+        rad = _arc(pos, j, k, tmap.edges)
+        mx, my = (x0 + x1) / 2, (y0 + y1) / 2 - rad * (x1 - x0)
         tip = html.escape(f"{j} → {k}: {e['n_runs']}/{tmap.n_runs} runs ({', '.join(e['runs'])}); transition probability "
                           f"{e['prob']:.3f}; epoch {e['mean_epoch']:.0f} ± {e['std_epoch']:.0f}\n" +
                           '\n'.join(f"{f['feature']}: change {f['delta']:+.2f} z, importance {f['importance']:.2f}"
