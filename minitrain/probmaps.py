@@ -348,8 +348,7 @@ class ProbMapCB(Callback):
         if self.data is None: self.data = _loader_tensors(learn.dls.train)
         if self.valid_data is None and hasattr(learn.dls, 'valid'): self.valid_data = _loader_tensors(learn.dls.valid)
         self._setup_domain()
-        self._step = getattr(self, '_step', 0)
-        if not self.snapshots or self.snapshots[-1].epoch != learn.epoch: self._snapshot(learn.epoch)
+        if not self.snapshots or self.snapshots[-1].step != learn.train_steps: self._snapshot(learn)
 
     def _setup_domain(self):
         x = None if self.data is None else torch.as_tensor(self.data[0]).detach().cpu().float()
@@ -372,20 +371,21 @@ class ProbMapCB(Callback):
             self.xlim, self.ylim = self.xlim or lims[0], self.ylim or lims[1]
 
     def after_step(self, learn):
-        self._step += 1
-        if self.unit == 'step' and self._step % self.every == 0: self._snapshot(learn.epoch)
+        if self.unit == 'step' and learn.train_steps % self.every == 0: self._snapshot(learn)
 
     def after_epoch(self, learn):
         if self.unit == 'epoch' and learn.training and (learn.epoch + 1) % self.every == 0:
-            self._snapshot(learn.epoch + 1)
+            self._snapshot(learn, learn.epoch + 1)
 
-    def _snapshot(self, epoch: int):
+    def _snapshot(self, learn, epochs_done: int | None = None):
+        epoch = learn.epoch if epochs_done is None else epochs_done
         if self.store == 'weights':
             state = {k: v.detach().to('cpu', copy=True) for k, v in self.model.state_dict().items()}
-            self.snapshots.append(Snapshot(epoch, self._step, state, None))
+            self.snapshots.append(Snapshot(epoch, learn.train_steps, state, None))
         else:
-            probs = class_probs(self.model, self._grid(self.resolution).to(_model_device(self.model)))
-            self.snapshots.append(Snapshot(epoch, self._step, None, probs.view(self.resolution, self.resolution, -1).cpu().numpy().astype(np.float16)))
+            n = self.resolution
+            probs = class_probs(self.model, self._grid(n).to(_model_device(self.model))).view(n, n, -1)
+            self.snapshots.append(Snapshot(epoch, learn.train_steps, None, probs.cpu().numpy().astype(np.float16)))
 
     def _grid(self, n: int) -> torch.Tensor:
         if n not in self._grid_cache: self._grid_cache[n] = grid_points(self.xlim, self.ylim, n, n, self.dims, self.fill)
