@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .learner import Callback, CancelFitException
+from .learner import Callback, CancelFitException, model_device
 
 logger = logging.getLogger('minitrain')
 
@@ -101,7 +101,7 @@ class MetricsCB(Callback):
 
     def before_fit(self, learn):
         learn.metrics = self
-        device = next(learn.model.parameters(), torch.empty(0)).device
+        device = model_device(learn.model)
         for m in self.all_metrics.values():
             if hasattr(m, 'to'): m.to(device)
 

@@ -19,8 +19,8 @@ logger = logging.getLogger('minitrain')
 
 # %% auto #0
 __all__ = ['logger', 'EVENTS', 'STEPS', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'CallbackError',
-           'NonFiniteLossError', 'Callback', 'Learner', 'ModelSummary', 'split_batch', 'TrainCB', 'TrainLearner',
-           'MomentumLearner']
+           'NonFiniteLossError', 'Callback', 'model_device', 'Learner', 'ModelSummary', 'split_batch', 'TrainCB',
+           'TrainLearner', 'MomentumLearner']
 
 # %% ../nbs/01_learner.ipynb #929e389a
 EVENTS = (
@@ -66,6 +66,10 @@ def _check_event_names(cb: Any) -> None:
 
 # %% ../nbs/01_learner.ipynb #3ae13130
 _EVENT_NAMES = {lvl: (f'before_{lvl}', f'after_{lvl}', f'cleanup_{lvl}') for lvl in ('fit', 'epoch', 'batch')}
+
+def model_device(model: nn.Module) -> torch.device:
+    "The device of the model's first parameter (the CPU for a model without parameters)."
+    return next(model.parameters(), torch.empty(0)).device
 
 def _set_lr(opt: optim.Optimizer, lr: float) -> None:
     for g in opt.param_groups: g['lr'] = lr
@@ -239,8 +243,7 @@ class Learner:
         "Load what `save` wrote; training continues at the saved epoch with the saved optimizer state."
         path = Path(path)
         if not path.exists(): raise FileNotFoundError(f"No checkpoint at {path}: check the path given to learn.save().")
-        device = next(self.model.parameters(), torch.empty(0)).device
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = torch.load(path, map_location=model_device(self.model), weights_only=False)
         self.model.load_state_dict(state['model'])
         self.lr = state.get('lr', self.lr)
         if state.get('opt') is not None:
@@ -285,8 +288,7 @@ class Learner:
         was_training = self.model.training
         try:
             self.model.eval()
-            device = next(self.model.parameters(), torch.empty(0)).device
-            with torch.no_grad(): self.model(batch[0].to(device))
+            with torch.no_grad(): self.model(batch[0].to(model_device(self.model)))
         finally:
             for h in handles: h.remove()
             self.model.train(was_training)

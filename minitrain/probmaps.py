@@ -16,7 +16,7 @@ from matplotlib import animation
 from matplotlib.lines import Line2D
 from torch import nn
 
-from .learner import Callback
+from .learner import Callback, model_device
 from .plotting import get_grid, subplots
 
 # %% auto #0
@@ -77,12 +77,9 @@ def grid_points(xlim: Sequence[float], ylim: Sequence[float], nx: int, ny: int, 
     pts[:, i], pts[:, j] = gx.flatten(), gy.flatten()
     return pts
 
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters(), torch.empty(0)).device
-
 def class_probs(model: nn.Module, points: torch.Tensor, chunk_size: int = 65536) -> torch.Tensor:
     "Softmax class probabilities `(n, C)` of `model` at `points`: no grad, eval mode (restored), batched in chunks."
-    device, was_training = _model_device(model), model.training
+    device, was_training = model_device(model), model.training
     model.eval()
     try:
         with torch.no_grad():
@@ -383,13 +380,15 @@ class ProbMapCB(Callback):
             state = {k: v.detach().to('cpu', copy=True) for k, v in self.model.state_dict().items()}
             self.snapshots.append(Snapshot(epoch, learn.train_steps, state, None))
         else:
-            n = self.resolution
-            probs = class_probs(self.model, self._grid(n).to(_model_device(self.model))).view(n, n, -1)
-            self.snapshots.append(Snapshot(epoch, learn.train_steps, None, probs.cpu().numpy().astype(np.float16)))
+            self.snapshots.append(Snapshot(epoch, learn.train_steps, None, self._probs(self.model, self.resolution)))
 
     def _grid(self, n: int) -> torch.Tensor:
         if n not in self._grid_cache: self._grid_cache[n] = grid_points(self.xlim, self.ylim, n, n, self.dims, self.fill)
         return self._grid_cache[n]
+
+    def _probs(self, model: nn.Module, n: int) -> np.ndarray:
+        "float16 class probabilities (n, n, C) of `model` on the n x n grid."
+        return class_probs(model, self._grid(n).to(model_device(model))).view(n, n, -1).cpu().numpy().astype(np.float16)
 
     # --- after fit ---------------------------------------------------------------------------------------
     @property
@@ -415,7 +414,7 @@ class ProbMapCB(Callback):
             if self._model_copy is None: self._model_copy = copy.deepcopy(self.model)
             self._model_copy.load_state_dict(snap.state)
             model = self._model_copy
-            probs = class_probs(model, self._grid(n).to(_model_device(model))).view(n, n, -1).cpu().numpy().astype(np.float16)
+            probs = self._probs(model, n)
             info = {'train acc': self._accuracy(model, self.data), 'valid acc': self._accuracy(model, self.valid_data)}
         else:
             if resolution not in (None, self.resolution):
