@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.minitrain-installed
 export MPLBACKEND := Agg
 
-.PHONY: install demo test pytest nbtest check-export export bench clean
+.PHONY: install demo test pytest nbtest check-export export outputs bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ check-export: $(STAMP)
 
 export: $(STAMP)
 	$(BIN)/nbdev-export
+
+# re-run the notebooks and save their outputs (figures, tables) so they read as lessons
+outputs: $(STAMP)
+	$(BIN)/nbdev-test --n-workers 2 --save
 
 bench: $(STAMP)
 	@for b in benchmarks/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
