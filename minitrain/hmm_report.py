@@ -104,28 +104,36 @@ def plot_training_map(tmap: TrainingMap, ax=None, figsize: tuple | None = None, 
 def training_map_html(tmap: TrainingMap, path: str | Path | None = None, title: str = 'Training map') -> str:
     "An interactive (hover) HTML page of the training map; written to `path` if given. Returns the HTML."
     pos = _layout(tmap)
-    W, H, pad = max(600, 170 * len(pos) + 160), 500, 80
+    W, H, pad = max(600, 200 * len(pos) + 160), 420, 80
     xs, ys = zip(*pos.values()) if pos else ([0], [0])
     sx = lambda x: pad + (x - min(xs)) / ((max(xs) - min(xs)) or 1) * (W - 2 * pad)
     sy = lambda y: H / 2 + y * 180
     hexc = lambda k: '#%02x%02x%02x' % tuple(int(255 * c) for c in state_color(k)[:3])
     max_runs = max([e['n_runs'] for e in tmap.edges.values()] or [1])
+    radius = {k: 18 + 40 * n['share'] for k, n in tmap.nodes.items()}
     parts = []
     for (j, k), e in tmap.edges.items():
-        (x0, y0), (x1, y1) = (sx(pos[j][0]), sy(pos[j][1])), (sx(pos[k][0]), sy(pos[k][1]))
+        p0, p2 = np.array([sx(pos[j][0]), sy(pos[j][1])]), np.array([sx(pos[k][0]), sy(pos[k][1])])
         rad = _arc(pos, j, k, tmap.edges)
-        mx, my = (x0 + x1) / 2, (y0 + y1) / 2 - rad * (x1 - x0)
+        c = (p0 + p2) / 2 + np.array([0., -rad * (p2[0] - p0[0])])     # control point of the quadratic curve
+        unit = lambda v: v / (np.linalg.norm(v) or 1)
+        a, b = p0 + unit(c - p0) * (radius[j] + 4), p2 + unit(c - p2) * (radius[k] + 12)   # stop at the circles
+        mid = 0.25 * a + 0.5 * c + 0.25 * b
+        lines = [f"{j}→{k}: {e['n_runs']} runs, epoch {e['mean_epoch']:.0f}"] + [
+            f"{f['feature']} {'↑' if f['delta'] >= 0 else '↓'}{abs(f['delta']):.2f}" for f in e['features']]
+        above = c[1] < mid[1] - 1e-9 or (abs(c[1] - mid[1]) < 1e-9 and len(parts) % 2 == 0)
+        y0 = mid[1] - 8 - 11 * (len(lines) - 1) if above else mid[1] + 16
+        text = ''.join(f'<tspan x="{mid[0]:.0f}" y="{y0 + 11 * i:.0f}">{html.escape(t)}</tspan>' for i, t in enumerate(lines))
         tip = html.escape(f"{j} → {k}: {e['n_runs']}/{tmap.n_runs} runs ({', '.join(e['runs'])}); transition probability "
                           f"{e['prob']:.3f}; epoch {e['mean_epoch']:.0f} ± {e['std_epoch']:.0f}\n" +
                           '\n'.join(f"{f['feature']}: change {f['delta']:+.2f} z, importance {f['importance']:.2f}"
                                     for f in e['features']))
-        label = html.escape(', '.join(f"{f['feature']} {'↑' if f['delta'] >= 0 else '↓'}{abs(f['delta']):.2f}" for f in e['features']))
-        parts.append(f'<g class="edge"><title>{tip}</title><path d="M{x0:.0f},{y0:.0f} Q{mx:.0f},{my:.0f} {x1:.0f},{y1:.0f}" '
-                     f'stroke-width="{1.5 + 5 * e["n_runs"] / max_runs:.1f}" marker-end="url(#arrow)"/>'
-                     f'<text x="{mx:.0f}" y="{my:.0f}">{label}</text></g>')
+        parts.append(f'<g class="edge"><title>{tip}</title><path d="M{a[0]:.0f},{a[1]:.0f} Q{c[0]:.0f},{c[1]:.0f} '
+                     f'{b[0]:.0f},{b[1]:.0f}" stroke-width="{1.5 + 5 * e["n_runs"] / max_runs:.1f}" marker-end="url(#arrow)"/>'
+                     f'<text>{text}</text></g>')
     for k, n in tmap.nodes.items():
         x, y = sx(pos[k][0]), sy(pos[k][1])
-        r = 18 + 40 * n['share']
+        r = radius[k]
         ring = ('<circle class="start" cx="{:.0f}" cy="{:.0f}" r="{:.0f}"/>'.format(x, y, r + 6) if k in tmap.start_states else '') + \
                ('<circle class="end" cx="{:.0f}" cy="{:.0f}" r="{:.0f}"/>'.format(x, y, r + 10) if k in tmap.end_states else '')
         top = sorted(n['mean'].items(), key=lambda kv: -abs(kv[1]))[:5]
@@ -150,7 +158,7 @@ svg .label {{ font-size: 16px; font-weight: bold; text-anchor: middle; pointer-e
 <p>{tmap.n_runs} runs, {len(tmap.nodes)} states, features: {html.escape(', '.join(tmap.features))}.
 Hover a state or a transition for its details. Green ring: start state; outer ring: end state.</p>
 <svg width="{W}" height="{H}" viewBox="0 0 {W} {H}">
-<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6" orient="auto-start-reverse">
+<defs><marker id="arrow" viewBox="0 0 10 10" refX="2" refY="5" markerWidth="12" markerHeight="12" markerUnits="userSpaceOnUse" orient="auto">
 <path d="M 0 0 L 10 5 L 0 10 z" fill="#888"/></marker></defs>
 {''.join(parts)}
 </svg>
