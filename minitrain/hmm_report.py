@@ -177,7 +177,7 @@ def _hex(k: int) -> str:
 def svg_chart(lines: Sequence[dict], bands: Sequence[dict] = (), title: str = '', xlabel: str = '', ylabel: str = '',
               width: int = 460, height: int = 240) -> str:
     "An SVG chart: `lines` ({'x','y','color','label','tips'}) over `bands` ({'x0','x1','color','tip'}); hover texts as titles."
-    pad_l, pad_r, pad_t, pad_b = 55, 10, 25, 35
+    pad_l, pad_r, pad_t, pad_b = 70, 10, 25, 35
     xs = np.concatenate([np.asarray(l['x'], float) for l in lines] + [np.array([b['x0'], b['x1']], float) for b in bands])
     ys = np.concatenate([np.asarray(l['y'], float) for l in lines])
     xs, ys = xs[np.isfinite(xs)], ys[np.isfinite(ys)]
@@ -196,7 +196,7 @@ def svg_chart(lines: Sequence[dict], bands: Sequence[dict] = (), title: str = ''
         out.append(f'<polyline fill="none" stroke="{l.get("color", "black")}" stroke-width="1.5" '
                    f'points="{" ".join(f"{px:.1f},{py:.1f}" for px, py in pts)}"/>')
         for (px, py), tip in zip(pts, l.get('tips') or []):
-            out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{l.get("color", "black")}" opacity="0.5">'
+            out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2" fill="{l.get("color", "black")}" opacity="0.3">'
                        f'<title>{html.escape(tip)}</title></circle>')
     for v in (y0, (y0 + y1) / 2, y1):
         out.append(f'<text x="{pad_l - 4}" y="{Y(v) + 4:.0f}" text-anchor="end" font-size="10">{v:.4g}</text>')
