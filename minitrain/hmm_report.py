@@ -302,7 +302,7 @@ class Analysis:
 
 def analyze_runs(runs_or_path, out: str | Path | None = None, features: Sequence[str] | None = None,
                  ks=range(1, 9), restarts: int = 5, metric: str = 'valid_accuracy', threshold: float = 0.9,
-                 plot_metrics: Sequence[str] = ('l2', 'variance_lambda'), seed: int = 0, n_jobs: int | None = None,
+                 plot_metrics: Sequence[str] | None = None, seed: int = 0, n_jobs: int | None = None,
                  **fit_kwargs) -> Analysis:
     "Model selection, decoding, training map, regression and dissimilarity of an experiment; files in `out`."
     if isinstance(runs_or_path, (str, Path)):
@@ -318,7 +318,7 @@ def analyze_runs(runs_or_path, out: str | Path | None = None, features: Sequence
         reg = None
     diss = trajectory_dissimilarity(decoded, n_states=sel.k)
     result = Analysis(sel, decoded, tmap, reg, diss, out)
-    if out is not None: _write_analysis(result, plot_metrics)
+    if out is not None: _write_analysis(result, plot_metrics or sel.data.features[:2])
     return result
 
 def _write_analysis(a: Analysis, plot_metrics: Sequence[str]) -> None:
