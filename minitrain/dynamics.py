@@ -3,6 +3,7 @@
 # %% ../nbs/22_dynamics.ipynb #c32c277f
 from __future__ import annotations
 import csv
+import io
 import json
 import logging
 import math
@@ -42,6 +43,8 @@ class RunFolder:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.csv, self.json = self.path / 'metrics.csv', self.path / 'run.json'
+        self._header: list[str] | None = None   # columns and row count of metrics.csv, read once
+        self._n_rows = 0
 
     def meta(self) -> dict:
         return json.loads(self.json.read_text()) if self.json.exists() else {}
@@ -53,32 +56,38 @@ class RunFolder:
 
     def rows(self) -> list[dict]:
         if not self.csv.exists(): return []
-        with open(self.csv, newline='') as f: return list(csv.DictReader(f))
+        with open(self.csv, newline='') as f: rows = list(csv.DictReader(f))
+        self._header, self._n_rows = (list(rows[0]) if rows else None), len(rows)
+        return rows
 
     def keep_until(self, key: str, last: int) -> int:
         "Drop rows whose `key` column is above `last` (a resumed run recomputes them); returns the rows kept."
         rows = self.rows()
         kept = [r for r in rows if r.get(key) not in (None, '') and float(r[key]) <= last]
         if len(kept) < len(rows):
-            header = list(rows[0])
-            lines = [','.join(header)] + [','.join(str(i) if c == '' else r[c] for c in header) for i, r in enumerate(kept)]
-            _atomic_write(self.csv, '\n'.join(lines) + '\n')
+            out = io.StringIO()
+            w = csv.writer(out)
+            w.writerow(self._header)
+            for i, r in enumerate(kept): w.writerow([i] + [r[c] for c in self._header[1:]])
+            _atomic_write(self.csv, out.getvalue())
+            self._n_rows = len(kept)
         return len(kept)
 
     def append(self, row: Mapping[str, Any]) -> None:
         "Append one row (columns fixed by the first row), flushed and synced to disk."
-        new = not self.csv.exists() or self.csv.stat().st_size == 0
-        if not new:
-            with open(self.csv, newline='') as f: header = next(csv.reader(f))
-            if header[1:] != list(row):
-                raise ValueError(f"{self.csv} has columns {header[1:]}, but this run records {list(row)}: use a new path "
-                                 f"or the same metrics/hookpoints as the run that wrote it.")
-            n = sum(1 for _ in open(self.csv)) - 1
+        if self._header is None and self.csv.exists() and self.csv.stat().st_size: self.rows()
+        new = self._header is None
+        if not new and self._header[1:] != list(row):
+            raise ValueError(f"{self.csv} has columns {self._header[1:]}, but this run records {list(row)}: use a new "
+                             f"path or the same metrics/hookpoints as the run that wrote it.")
         with open(self.csv, 'a', newline='') as f:
             w = csv.writer(f)
-            if new: w.writerow([''] + list(row)); n = 0
-            w.writerow([n] + [_fmt(v) for v in row.values()])
+            if new:
+                self._header = [''] + list(row)
+                w.writerow(self._header)
+            w.writerow([self._n_rows] + [_fmt(v) for v in row.values()])
             f.flush(); os.fsync(f.fileno())
+        self._n_rows += 1
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float): return 'nan' if math.isnan(v) else repr(v)
@@ -91,20 +100,24 @@ def _clone_params(model: nn.Module) -> dict[str, torch.Tensor]:
 def _accuracy_key(row: Mapping) -> str | None:
     return next((k for k in row if 'acc' in k.lower()), None)
 
+def _n_items(dl: Any) -> int | None:
+    "Number of examples behind a loader, if it can tell."
+    if hasattr(dl, 'tensors'): return len(dl.tensors[0])
+    ds = getattr(dl, 'dataset', None)
+    return len(ds) if hasattr(ds, '__len__') else None
+
 def describe_run(learn: Learner) -> dict:
     "What `run.json` records about a learner: model, data, optimizer, hyper-parameters, versions."
     import minitrain
-    opt = learn.opt
-    dls = learn.dls
-    size = lambda dl: len(getattr(dl, 'dataset', getattr(dl, 'tensors', [[]])[0] if hasattr(dl, 'tensors') else []))
+    opt, dls = learn.opt, learn.dls
+    hyper = {} if opt is None else {k: v for k, v in opt.defaults.items() if isinstance(v, (int, float, str, bool, tuple, list))}
     return {
         'model': type(learn.model).__name__, 'model_repr': repr(learn.model),
         'n_params': sum(p.numel() for p in learn.model.parameters()),
-        'data': {'train_batches': len(dls.train), 'valid_batches': len(dls.valid), 'train_size': size(dls.train),
-                 'valid_size': size(dls.valid)} if hasattr(dls, 'train') else repr(dls),
+        'data': {'train_batches': len(dls.train), 'valid_batches': len(dls.valid), 'train_size': _n_items(dls.train),
+                 'valid_size': _n_items(dls.valid)} if hasattr(dls, 'train') else repr(dls),
         'loss_func': getattr(learn.loss_func, '__name__', type(learn.loss_func).__name__),
-        'optimizer': None if opt is None else {'name': type(opt).__name__,
-                                               **{k: v for k, v in opt.defaults.items() if isinstance(v, (int, float, str, bool, tuple, list, type(None)))}},
+        'optimizer': None if opt is None else {'name': type(opt).__name__, **hyper},
         'lr': learn.lr, 'hparams': getattr(learn, 'hparams', {}),
         'versions': {'minitrain': minitrain.__version__, 'torch': torch.__version__, 'python': platform.python_version()},
     }
@@ -130,7 +143,6 @@ class TrainingDynamicsCB(Callback):
         return (learn.epoch if epochs_done is None else epochs_done) if self.unit == 'epoch' else learn.train_steps
 
     def before_fit(self, learn):
-        self.learn = learn
         now = self._current_key(learn)
         self._written: set[int] = set()
         if self.folder is not None:
