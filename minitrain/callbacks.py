@@ -87,7 +87,7 @@ class WeightedMean:
 class MetricsCB(Callback):
     "Accumulate torcheval metrics and the loss each phase; one numeric row per phase and epoch in `history`."
     order = 0
-    def __init__(self, *ms: Metric, log: Callable[[dict], None] | None = None, **metrics: Metric):
+    def __init__(self, *ms: Metric, log: Callable[[dict], None] | None = None, update_every: int = 16, **metrics: Metric):
         for o in ms: metrics[type(o).__name__] = o
         for name, m in metrics.items():
             if not all(hasattr(m, a) for a in ('update', 'compute', 'reset')):
@@ -97,6 +97,7 @@ class MetricsCB(Callback):
         self.all_metrics = {**metrics, 'loss': WeightedMean()}
         self.loss = self.all_metrics['loss']
         self.history: list[dict] = []
+        self.update_every = max(1, update_every)
         self._log = log or (lambda row: logger.debug('%s', row))
 
     def before_fit(self, learn):
@@ -107,14 +108,28 @@ class MetricsCB(Callback):
 
     def before_epoch(self, learn):
         for m in self.all_metrics.values(): m.reset()
+        self._preds, self._targets, self._losses, self._sizes = [], [], [], []
 
     def after_batch(self, learn):
-        x, y = learn.batch[0], learn.batch[1]
-        preds = learn.preds.detach()
-        for m in self.metrics.values(): m.update(preds, y)
-        self.loss.update(learn.loss.detach(), weight=len(x))
+        # Metrics are sums over examples, so updating with several batches at once gives the same result and costs
+        # one metric call (with its input checks) per `update_every` batches instead of one per batch.
+        self._preds.append(learn.preds.detach())
+        self._targets.append(learn.batch[1])
+        self._losses.append(learn.loss.detach())
+        self._sizes.append(len(learn.batch[0]))
+        if len(self._preds) >= self.update_every: self._update()
+
+    def _update(self):
+        if not self._preds: return
+        preds, targets = torch.cat(self._preds), torch.cat(self._targets)
+        for m in self.metrics.values(): m.update(preds, targets)
+        sizes = torch.tensor(self._sizes, dtype=torch.float32, device=self._losses[0].device)
+        self.loss.update((torch.stack([l.float().reshape(()) for l in self._losses]) * sizes).sum() / sizes.sum(),
+                         float(sizes.sum()))
+        self._preds, self._targets, self._losses, self._sizes = [], [], [], []
 
     def after_epoch(self, learn):
+        self._update()
         row = {'epoch': learn.epoch, 'phase': 'train' if learn.training else 'valid'}
         row.update({k: float(v.compute()) for k, v in self.all_metrics.items()})
         self.history.append(row)

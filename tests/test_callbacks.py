@@ -143,3 +143,19 @@ def test_lr_find_restores_model_and_suggests(dls):
     assert res.losses[-1] > 3 * min(res.losses) or not math.isfinite(res.losses[-1])
     assert res.lrs[0] / 10 <= res.suggestion <= res.lrs[-1]
     assert isinstance(plot_lr_find(res), Figure)
+
+
+def test_metrics_grouped_updates_equal_per_batch_updates():
+    set_seed(0)
+    x, y = torch.randn(53, 4), torch.randint(0, 3, (53,))
+    dls = DataLoaders(TensorLoader(x, y, bs=5), TensorLoader(x, y, bs=7))
+    model = nn.Linear(4, 3)
+    rows = []
+    for every in (1, 3, 100):
+        m = MetricsCB(accuracy=MulticlassAccuracy(), update_every=every)
+        TrainLearner(model, dls, F.cross_entropy, lr=0., cbs=[m]).fit(1)
+        rows.append(m.history)
+    for r in rows[1:]:
+        assert [row['phase'] for row in r] == ['train', 'valid']
+        for a, b in zip(rows[0], r):
+            assert a['accuracy'] == pytest.approx(b['accuracy']) and a['loss'] == pytest.approx(b['loss'], rel=1e-6)
