@@ -159,3 +159,27 @@ def test_metrics_grouped_updates_equal_per_batch_updates():
         assert [row['phase'] for row in r] == ['train', 'valid']
         for a, b in zip(rows[0], r):
             assert a['accuracy'] == pytest.approx(b['accuracy']) and a['loss'] == pytest.approx(b['loss'], rel=1e-6)
+
+
+def test_progress_in_a_notebook_draws_the_live_graph(dls, tmp_path, monkeypatch):
+    "With fastprogress in notebook mode, rows go to the bar's table and the loss graph is updated after each phase."
+    from fastprogress import fastprogress
+    calls = {'graphs': [], 'rows': []}
+    class FakeMaster:
+        def __init__(self, gen): self.gen = gen
+        def __iter__(self): return iter(self.gen)
+        def write(self, line, table=False): calls['rows'].append(line)
+        def update_graph(self, graphs, *a, **k): calls['graphs'].append(graphs)
+    class FakeBar:
+        def __init__(self, gen, leave=True, parent=None): self.gen, self.comment = gen, ''
+        def __iter__(self): return iter(self.gen)
+    monkeypatch.setattr(fastprogress, 'IN_NOTEBOOK', True)
+    monkeypatch.setattr(fastprogress, 'master_bar', FakeMaster)
+    monkeypatch.setattr(fastprogress, 'progress_bar', FakeBar)
+    cb = ProgressCB(plot=True)
+    TrainLearner(nn.Linear(4, 3), dls, F.cross_entropy, cbs=[MetricsCB(), cb], path=tmp_path).fit(2)
+    assert calls['rows'][0] == ['epoch', 'phase', 'loss'] and len(calls['rows']) == 1 + 4
+    train_xy, valid_xy = calls['graphs'][-1]
+    assert train_xy[1] == cb.train_losses and len(train_xy[0]) == 2 * len(dls.train)
+    assert valid_xy[0] == [len(dls.train), 2 * len(dls.train)]
+    assert cb.figure_path is None and not (tmp_path / 'loss.png').exists()   # notebooks show it live instead
