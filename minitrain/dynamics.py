@@ -60,7 +60,7 @@ class RunFolder:
         self._header, self._n_rows = (list(rows[0]) if rows else None), len(rows)
         return rows
 
-    def keep_until(self, key: str, last: int) -> int:
+    def keep_until(self, key: str, last: int) -> list[dict]:
         "Drop rows whose `key` column is above `last` (a resumed run recomputes them); returns the rows kept."
         rows = self.rows()
         kept = [r for r in rows if r.get(key) not in (None, '') and float(r[key]) <= last]
@@ -71,7 +71,7 @@ class RunFolder:
             for i, r in enumerate(kept): w.writerow([i] + [r[c] for c in self._header[1:]])
             _atomic_write(self.csv, out.getvalue())
             self._n_rows = len(kept)
-        return len(kept)
+        return kept
 
     def append(self, row: Mapping[str, Any]) -> None:
         "Append one row (columns fixed by the first row), flushed and synced to disk."
@@ -148,8 +148,7 @@ class TrainingDynamicsCB(Callback):
         if self.folder is not None:
             init_path = self.folder.path / 'init.pt'
             if init_path.exists(): self.init = torch.load(init_path, map_location='cpu', weights_only=True)
-            kept = self.folder.keep_until(self.key, now)
-            self._written = {int(float(r[self.key])) for r in self.folder.rows()[:kept]}
+            self._written = {int(float(r[self.key])) for r in self.folder.keep_until(self.key, now)}
             self.folder.update_meta(seed=self.seed, every=self.every, unit=self.unit, target_epochs=self.target_epochs,
                                     status='running', **describe_run(learn))
         if self.init is None and learn.epoch == 0 and learn.train_steps == 0:
@@ -186,8 +185,8 @@ class TrainingDynamicsCB(Callback):
         if self.unit == 'step' and getattr(learn, 'loss', None) is not None and learn.training:
             out['train_loss'] = float(learn.loss.detach())
             return out
-        for r in history:
-            if r.get('epoch') != epochs_done - 1: continue
+        for r in reversed(history):   # this epoch's rows are the last ones
+            if r.get('epoch') != epochs_done - 1: break
             prefix = 'train' if r['phase'] == 'train' else 'eval'
             out[f'{prefix}_loss'] = r.get('loss', float('nan'))
             acc = _accuracy_key(r)

@@ -157,7 +157,7 @@ def test_crash_and_resume_keeps_every_row_exactly_once(tmp_path):
 def test_resume_drops_rows_after_the_checkpoint(tmp_path):
     folder = RunFolder(tmp_path / 'r')
     for e in (0, 2, 4, 6): folder.append({'epoch': e, 'step': e * 3, 'l1': float(e)})
-    assert folder.keep_until('epoch', 4) == 3
+    assert len(folder.keep_until('epoch', 4)) == 3
     df = load_runs(tmp_path / 'r')[0]
     assert df['epoch'].tolist() == [0, 2, 4]
     folder.append({'epoch': 6, 'step': 18, 'l1': 6.5})
