@@ -26,7 +26,7 @@ logger = logging.getLogger('minitrain')
 
 # %% auto #0
 __all__ = ['logger', 'LOSS_COLUMNS', 'ORIGINAL_NAMES', 'RunFolder', 'describe_run', 'TrainingDynamicsCB', 'load_runs',
-           'run_seeds']
+           'check_same_hparams', 'run_seeds']
 
 # %% ../nbs/22_dynamics.ipynb #d3e9f43e
 LOSS_COLUMNS = ('train_loss', 'eval_loss', 'train_accuracy', 'eval_accuracy')
@@ -246,17 +246,27 @@ def load_runs(path: str | Path) -> list[pd.DataFrame]:
     return runs
 
 # %% ../nbs/22_dynamics.ipynb #ab4d301f
+def check_same_hparams(meta: Mapping, learn: Learner, folder: str | Path) -> None:
+    "Refuse to skip or resume a run folder recorded with other `learn.hparams` than the learner's."
+    old, new = meta.get('hparams'), getattr(learn, 'hparams', None)
+    if not old or not new: return
+    new = json.loads(json.dumps(new, default=str))   # as it would be stored in run.json
+    diff = [f'{k}: {old.get(k)!r} there, {new.get(k)!r} now' for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    if diff: raise ValueError(f"{folder} holds a run recorded with other hyper-parameters ({'; '.join(diff)}): "
+                              "record into a new folder, or delete this one to start the run over.")
+
 def _run_one(make_learner: Callable[[int], Learner], seed: int, folder: str, epochs: int, cb_kwargs: dict) -> dict:
     "Train (or resume, or skip) one seed's run; returns a short summary."
     folder = Path(folder)
     meta = RunFolder(folder).meta() if folder.exists() else {}
-    if meta.get('status') == 'finished' and meta.get('epochs_done', 0) >= epochs:
-        return {'seed': seed, 'status': 'skipped', 'epochs': meta['epochs_done']}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         set_seed(seed)
         learn = make_learner(seed)
+        check_same_hparams(meta, learn, folder)
+        if meta.get('status') == 'finished' and meta.get('epochs_done', 0) >= epochs:
+            return {'seed': seed, 'status': 'skipped', 'epochs': meta['epochs_done']}
         ckpt = folder / 'checkpoint.pt'
         resumed = ckpt.exists()
         if resumed: learn.load(ckpt)

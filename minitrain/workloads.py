@@ -70,9 +70,10 @@ class Transformer(nn.Module):
         x = self.norm2(x + self.mlp_out(self.act(self.mlp_in(x))))
         return self.unembed(x)
 
-def adamw(lr: float = 1e-3, weight_decay: float = 1.0, betas=(0.9, 0.98)) -> Callable:
+def adamw(lr: float = 1e-3, weight_decay: float = 1.0, betas=(0.9, 0.98), eps: float = 1e-8) -> Callable:
     "An `opt_func` for AdamW with the grokking settings (the learner's lr wins when given)."
-    return lambda params, lr_=lr: torch.optim.AdamW(params, lr=lr_ if lr_ is not None else lr, weight_decay=weight_decay, betas=betas)
+    return lambda params, lr_=lr: torch.optim.AdamW(params, lr=lr_ if lr_ is not None else lr, weight_decay=weight_decay, betas=betas,
+                                                      eps=eps)
 
 # %% ../nbs/21_workloads.ipynb #ebb2af50
 def sparse_parity(n_bits: int = 40, k: int = 3, n_train: int = 1000, n_test: int = 100, seed: int = 0,
@@ -161,7 +162,8 @@ class GrokkingPreset:
     d_head: int = 16
     d_mlp: int = 256
     lr: float = 3e-3
-    weight_decay: float = 2.0
+    weight_decay: float = 3.0
+    adam_eps: float = 1e-4   # 1e-8 (PyTorch's default) lets the loss spike at the same epoch in every seed
     bs: int = 2048
     epochs: int = 2000
     every: int = 10
@@ -170,7 +172,7 @@ class GrokkingPreset:
     def paper(cls) -> "GrokkingPreset":
         "Hu et al.'s modular-addition setting (Nanda et al.'s model)."
         return cls(p=113, train_frac=0.3, d_model=128, n_heads=4, d_head=32, d_mlp=512, lr=1e-3, weight_decay=1.0,
-                   bs=2048, epochs=10_000)
+                   adam_eps=1e-8, bs=2048, epochs=10_000)
 
 def make_grokking_learner(seed: int, preset: GrokkingPreset | None = None, data_seed: int = 0) -> TrainLearner:
     "A learner for modular addition with `preset` (model initialised from `seed`; the split fixed by `data_seed`)."
@@ -178,7 +180,7 @@ def make_grokking_learner(seed: int, preset: GrokkingPreset | None = None, data_
     torch.manual_seed(seed)
     model = Transformer(pr.p, pr.d_model, pr.n_heads, pr.d_head, pr.d_mlp)
     dls = modular_addition(pr.p, pr.train_frac, seed=data_seed, bs=pr.bs)
-    learn = TrainLearner(model, dls, F.cross_entropy, lr=pr.lr, opt_func=adamw(pr.lr, pr.weight_decay),
+    learn = TrainLearner(model, dls, F.cross_entropy, lr=pr.lr, opt_func=adamw(pr.lr, pr.weight_decay, eps=pr.adam_eps),
                          cbs=[MetricsCB(accuracy=MulticlassAccuracy())])
     learn.hparams = {**asdict(pr), 'seed': seed, 'data_seed': data_seed}
     return learn

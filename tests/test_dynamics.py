@@ -234,3 +234,13 @@ def test_digits_workloads_learn(make_model, lr, epochs):
                          opt_func=lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9),
                          cbs=[MetricsCB(accuracy=MulticlassAccuracy())]).fit(epochs)
     assert learn.metrics.last()['accuracy'] > 0.8
+
+
+def test_run_seeds_refuses_a_folder_recorded_with_other_hparams(tmp_path):
+    run_seeds(partial(make_grokking_learner, preset=TINY), [1], tmp_path, epochs=2, every=2)
+    same = run_seeds(partial(make_grokking_learner, preset=TINY), [1], tmp_path, epochs=2, every=2)
+    assert same[0]['status'] == 'skipped'
+    other = GrokkingPreset(**{**TINY.__dict__, 'weight_decay': 0.5})
+    with pytest.raises(ValueError, match=r"other hyper-parameters \(weight_decay: 3.0 there, 0.5 now\)"):
+        run_seeds(partial(make_grokking_learner, preset=other), [1], tmp_path, epochs=4, every=2)
+    assert load_runs(tmp_path / 'seed1')[0]['epoch'].tolist() == [0, 2]   # the recorded run is untouched
