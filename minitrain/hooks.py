@@ -13,8 +13,8 @@ from .learner import Callback
 from .plotting import empty_plot, get_grid, subplots
 
 # %% auto #0
-__all__ = ['noop', 'Hook', 'Hooks', 'activation_stats', 'StoreModuleStats', 'flush_stats', 'HooksCallback', 'StoreModuleStatsCB',
-           'ActivationStats', 'get_hist', 'get_min', 'lsuv_init']
+__all__ = ['STRIPES', 'MAX_STAGED', 'noop', 'Hook', 'Hooks', 'activation_stats', 'ActivationBuffer', 'StoreModuleStats',
+           'flush_stats', 'HooksCallback', 'StoreModuleStatsCB', 'ActivationStats', 'get_hist', 'get_min', 'lsuv_init']
 
 # %% ../nbs/10_hooks.ipynb #22abf0c2
 def noop(x: Any = None, *args, **kwargs) -> Any:
@@ -61,26 +61,111 @@ def _first_tensor(out: Any) -> torch.Tensor | None:
     return None
 
 def activation_stats(acts: torch.Tensor, bins: int = 40, hist_range: tuple[float, float] = (0., 10.)) -> tuple[torch.Tensor, torch.Tensor]:
-    "`([mean, std], histogram of |acts|)` on acts' device; values outside the range are counted in the end bins."
-    a = acts.detach()
-    if not a.is_floating_point(): a = a.float()
+    "`([mean, std], histogram of |acts|)` by definition; values above the range (and NaN) count in the last bin."
+    a = acts.detach().float().flatten()
     lo, hi = hist_range
-    moments = torch.stack([a.mean(), a.std() if a.numel() > 1 else torch.zeros((), dtype=a.dtype, device=a.device)])
-    idx = a.abs()
-    if lo: idx.sub_(lo)
-    idx = idx.mul_(bins / (hi - lo)).clamp_(0, bins - 1).to(torch.uint8 if bins <= 256 else torch.int32)
-    return moments, torch.bincount(idx.view(-1), minlength=bins)
+    scale = bins / (hi - lo)
+    idx = (a.abs() * scale - lo * scale).clamp(0, bins - 1).nan_to_num(bins - 1).long()   # floor((|a| - lo) / width)
+    std = a.std() if len(a) > 1 else torch.zeros((), device=a.device)
+    return torch.stack([a.mean(), std]), torch.bincount(idx, minlength=bins)
+
+STRIPES = 8            # copies of each histogram that neighbouring activations count into (see `ActivationBuffer.offsets`)
+MAX_STAGED = 2 ** 24   # activations copied before their statistics are computed (64 MB of float32)
+
+class ActivationBuffer:
+    "Copies of the activations of a forward pass in one flat tensor; the statistics of all layers computed at once."
+    # Per-layer statistics cost a dozen small operations per layer; one computation over all staged layers costs the
+    # same dozen for the whole pass. Copying (rather than keeping references) keeps the numbers right when a later
+    # module changes an output in place (`nn.ReLU(inplace=True)`), and lets the histogram work in place.
+    def __init__(self, bins: int = 40, hist_range: tuple[float, float] = (0., 10.)):
+        lo, hi = hist_range
+        if bins < 1 or not hi > lo: raise ValueError(f"need bins >= 1 and hist_range (lo, hi) with hi > lo, got {bins}, {hist_range}.")
+        self.bins, self.hist_range, self.lo, self.scale = bins, hist_range, lo, bins / (hi - lo)
+        self.data: torch.Tensor | None = None
+        self.slots: list[tuple[Any, int, int]] = []   # (owner, start, size) in the order the pass filled them
+        self.used = 0                                 # staged values
+        self.owners: set[int] = set()
+        self.pass_len = 0                             # slots in the last complete pass: compute when a pass has as many
+        self.results: list[tuple] = []                # (owners, sizes, sums and squared deviations, counts) on the device
+        self._offsets: dict[tuple, torch.Tensor] = {}
+
+    def add(self, owner: Any, acts: torch.Tensor) -> None:
+        "Stage a copy of `acts` for `owner`; compute what is staged when the pass is complete."
+        if id(owner) in self.owners:   # a new pass began: the last one had this many slots
+            self.pass_len = len(self.slots)
+            self.compute()
+        start, n, data = self.used, acts.numel(), self.data
+        if data is None or start + n > len(data) or data.device != acts.device:
+            self.compute()   # computes what is staged; room for twice as much, so a whole pass soon fits
+            data = self.data = torch.empty(max(min(2 * (start + n), MAX_STAGED), n), device=acts.device)
+            start = 0
+        data[start:start + n].view(acts.shape).copy_(acts.detach())
+        self.slots.append((owner, start, n))
+        self.owners.add(id(owner))
+        self.used = start + n
+        if len(self.slots) == self.pass_len: self.compute()   # while the activations are still in the cache
+
+    def offsets(self, sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        "Bin offsets: slot k's histogram copies, and element i of a slot counting into copy i % STRIPES."
+        # bincount adds one element after the other, and a run of equal bins (the zeros after a ReLU) makes every add
+        # wait for the one before; giving neighbours different copies breaks the chain (3x faster on the CPU).
+        key = (sizes, device)
+        if key not in self._offsets:
+            if len(self._offsets) > 8: self._offsets.clear()   # input sizes that keep changing: keep a few
+            width = STRIPES * self.bins
+            slot = torch.repeat_interleave(torch.arange(len(sizes), device=device) * width, torch.tensor(sizes, device=device))
+            dtype = torch.int16 if len(sizes) * width < 2 ** 15 else torch.int32
+            self._offsets[key] = (slot + torch.arange(sum(sizes), device=device) % STRIPES * self.bins).to(dtype)
+        return self._offsets[key]
+
+    def compute(self) -> None:
+        "Sums, squared deviations from the mean and histograms of everything staged, kept on the device."
+        if not self.slots: return
+        data, sizes = self.data[:self.used], tuple(n for _, _, n in self.slots)
+        parts = [data[s:s + n] for _, s, n in self.slots]
+        sums = [p.sum() for p in parts]
+        devs = (torch.sub(p, t, alpha=1 / len(p)) for p, t in zip(parts, sums))   # two passes: exact for any mean
+        squares = [torch.dot(d, d) for d in devs]
+        top = self.bins - 1.   # the staged values are not needed any more: bin them in place
+        if self.lo: data.abs_().mul_(self.scale).sub_(self.lo * self.scale).clamp_(0, top)
+        else: data.mul_(self.scale).clamp_(-top, top)   # trunc(|x|) = |trunc(x)|: the abs comes later, on int16
+        off = self.offsets(sizes, data.device)
+        idx = data.nan_to_num_(top).to(off.dtype).abs_().add_(off)
+        counts = torch.bincount(idx, minlength=len(sizes) * STRIPES * self.bins)
+        self.results.append(([o for o, _, _ in self.slots], sizes, torch.stack(sums + squares), counts))
+        self.slots, self.owners, self.used = [], set(), 0
+
+    def flush(self) -> None:
+        "Compute what is staged, copy every result to the host at once, append rows to each owner's `records`."
+        self.compute()
+        if not self.results: return
+        moments = torch.cat([r[2] for r in self.results]).double()
+        host = torch.cat([moments, torch.cat([r[3] for r in self.results]).double()]).cpu().numpy()
+        moments, counts = host[:len(moments)], host[len(moments):]
+        per_owner: dict[int, tuple[Any, list]] = {}
+        for owners, sizes, _, _ in self.results:
+            k, n = len(sizes), np.array(sizes, dtype=np.float64)
+            total, sq, moments = moments[:k], moments[k:2 * k], moments[2 * k:]
+            width = k * STRIPES * self.bins
+            hist, counts = counts[:width].reshape(k, STRIPES, self.bins).sum(1), counts[width:]
+            mean, std = total / n, np.sqrt(sq / np.maximum(n - 1, 1)) * (n > 1)
+            for o, row in zip(owners, np.column_stack([mean, std, hist]).astype(np.float32)):
+                per_owner.setdefault(id(o), (o, []))[1].append(row)
+        for o, rows in per_owner.values(): o.records = np.concatenate([o.records, np.stack(rows)])
+        self.results = []
 
 class StoreModuleStats(Hook):
     "A hook that keeps the mean, std and |activation| histogram of `m`'s output every `periodicity`-th batch."
     def __init__(self, m: nn.Module, on_train: bool = True, on_valid: bool = False, periodicity: int = 1,
-                 bins: int = 40, hist_range: tuple[float, float] = (0., 10.)):
+                 bins: int = 40, hist_range: tuple[float, float] = (0., 10.), buffer: ActivationBuffer | None = None):
         if periodicity < 1: raise ValueError(f"periodicity must be >= 1, got {periodicity}.")
+        if buffer is not None and (buffer.bins, tuple(buffer.hist_range)) != (bins, tuple(hist_range)):
+            raise ValueError(f"the shared buffer bins {buffer.bins} over {buffer.hist_range}, the hook asks for {bins} over {hist_range}.")
         self.on_train, self.on_valid, self.periodicity = on_train, on_valid, periodicity
         self.bins, self.hist_range = bins, hist_range
+        self.buffer = buffer if buffer is not None else ActivationBuffer(bins, hist_range)
         self.calls = 0                     # batches seen in the recorded phases (counts, never stops: periodicity works)
-        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []   # on the device, not yet copied to the host
-        self.records = np.zeros((0, 2 + bins), dtype=np.float32)
+        self.records = np.zeros((0, 2 + bins), dtype=np.float32)   # [mean, std, histogram...] per recorded batch
         super().__init__(m, StoreModuleStats._record)
 
     @staticmethod
@@ -88,12 +173,12 @@ class StoreModuleStats(Hook):
         if not ((hook.on_train and module.training) or (hook.on_valid and not module.training)): return
         acts = _first_tensor(out)
         if acts is None or acts.numel() == 0: return
-        if hook.calls % hook.periodicity == 0: hook.pending.append(activation_stats(acts, hook.bins, hook.hist_range))
+        if hook.calls % hook.periodicity == 0: hook.buffer.add(hook, acts)
         hook.calls += 1
 
     def flush(self) -> None:
-        "Copy pending statistics to the host (one copy)."
-        flush_stats([self])
+        "Compute the staged statistics and copy them to the host (one copy for all hooks sharing the buffer)."
+        self.buffer.flush()
 
     @property
     def means(self) -> np.ndarray: self.flush(); return self.records[:, 0]
@@ -105,16 +190,8 @@ class StoreModuleStats(Hook):
         self.flush(); return self.records[:, 2:]
 
 def flush_stats(hooks: Sequence[StoreModuleStats]) -> None:
-    "Copy the pending statistics of all `hooks` to the host in a single device-to-host copy."
-    with_data = [h for h in hooks if h.pending]
-    if not with_data: return
-    rows = [torch.cat([m.float(), hist.float()]) for h in with_data for m, hist in h.pending]
-    stacked = torch.stack(rows).cpu().numpy()
-    start = 0
-    for h in with_data:
-        n = len(h.pending)
-        h.records = np.concatenate([h.records, stacked[start:start + n]])
-        h.pending, start = [], start + n
+    "Compute and copy to the host the pending statistics of all `hooks` (one copy per shared buffer)."
+    for buffer in {id(h.buffer): h.buffer for h in hooks}.values(): buffer.flush()
 
 # %% ../nbs/10_hooks.ipynb #0d894941
 class HooksCallback(Callback):
@@ -153,8 +230,9 @@ class StoreModuleStatsCB(HooksCallback):
     def __init__(self, mods: Iterable[nn.Module] | None = None, mod_filter: Callable = noop, on_train: bool = True,
                  on_valid: bool = False, periodicity: int = 1, hook_kwargs: dict | None = None):
         hook_kwargs = {'on_train': on_train, 'on_valid': on_valid, 'periodicity': periodicity, **(hook_kwargs or {})}
-        super().__init__(partial(StoreModuleStats, **hook_kwargs), mods, mod_filter, hook_kwargs['on_train'],
-                         hook_kwargs['on_valid'])
+        self.buffer = ActivationBuffer(hook_kwargs.get('bins', 40), hook_kwargs.get('hist_range', (0., 10.)))
+        super().__init__(partial(StoreModuleStats, buffer=self.buffer, **hook_kwargs), mods, mod_filter,
+                         hook_kwargs['on_train'], hook_kwargs['on_valid'])
 
     def before_fit(self, learn):
         old = {id(h.module): h for h in self.hooks}

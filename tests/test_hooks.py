@@ -187,3 +187,71 @@ def test_the_users_example_runs_as_written(tmp_path, monkeypatch):
     figs = [cb.mean_std_plot(), cb.hist_plot(), cb.dead_chart()]
     assert all(isinstance(f, Figure) for f in figs) and (tmp_path / 'loss.png').exists()
     assert len(cb.stats) == 5 and len(cb.stats[0]['mean']) == len(learn.dls.train) and n_hooks(model) == 0
+
+
+class Feed(nn.Module):
+    "Returns the tensor stored in `self.out` (lets a test choose a layer's activations exactly)."
+    def forward(self, x): return self.out
+
+
+EDGES = [0., 0.25, 0.5, 2.5, 9.75, 9.99, 10., 11., -0.25, -2.5, -12., float('inf'), -float('inf'), float('nan')]
+
+
+def test_staged_stats_equal_the_definition_for_many_layers_at_once():
+    "One buffer for several layers (sizes 1 to 5,000, bin edges, overflow, inf, NaN) gives activation_stats' numbers."
+    g = torch.Generator().manual_seed(0)
+    layers = [torch.tensor(EDGES), torch.randn(5000, generator=g) * 3, torch.relu(torch.randn(8, 3, 7, 7, generator=g)) * 4,
+              torch.tensor([2.5]), torch.full((33,), 100.) + torch.randn(33, generator=g) * 1e-3]
+    for bins, hist_range in ((40, (0., 10.)), (7, (0.3, 3.))):   # a power-of-two bin width and an awkward one
+        mods = [Feed() for _ in layers]
+        buffer = StoreModuleStatsCB(hook_kwargs={'bins': bins, 'hist_range': hist_range}).buffer
+        hooks = [StoreModuleStats(m, bins=bins, hist_range=hist_range, buffer=buffer) for m in mods]
+        for _ in range(3):   # three passes: the first grows the buffer, later ones compute at the end of the pass
+            for m, acts in zip(mods, layers): m.out = acts; m(None)
+        for h, acts in zip(hooks, layers):
+            (mean, std), hist = activation_stats(acts, bins, hist_range)
+            assert h.hists.shape == (3, bins)
+            for row in range(3):
+                assert np.array_equal(h.hists[row], hist.numpy()) and h.hists[row].sum() == acts.numel()
+                np.testing.assert_allclose(h.means[row], mean.item(), rtol=1e-5, equal_nan=True)
+                np.testing.assert_allclose(h.stds[row], std.item(), rtol=1e-4, equal_nan=True)
+    assert activation_stats(torch.tensor(EDGES))[1][39] == 8   # 9.75 and 9.99, and 10, 11, -12, inf, -inf, NaN (beyond)
+    assert activation_stats(torch.tensor([2.5]))[0].tolist() == [2.5, 0.]   # one value: std 0
+
+
+def test_std_is_exact_when_the_mean_dwarfs_the_spread():
+    relu = nn.ReLU()
+    acts = 1000. + torch.arange(10.) * 1e-3
+    with StoreModuleStats(relu) as h: relu(acts)
+    assert h.stds[0] == pytest.approx(acts.double().std().item(), rel=1e-3)
+
+
+def test_outputs_changed_in_place_later_are_recorded_as_they_were():
+    lin = nn.Linear(4, 3)
+    model = nn.Sequential(lin, nn.ReLU(inplace=True))
+    x = torch.randn(16, 4)
+    with torch.no_grad(): expected = lin(x)
+    assert (expected < 0).any()
+    with StoreModuleStats(lin) as h: model(x)
+    assert h.means[0] == pytest.approx(expected.mean().item(), rel=1e-5)
+
+
+def test_small_staging_limit_and_repeated_modules_give_the_same_records(monkeypatch):
+    import minitrain.hooks as hooks_module
+    lin = nn.Linear(8, 8)
+    model = nn.Sequential(lin, nn.Tanh(), lin)   # lin runs twice per pass: two records per batch
+    xs = [torch.randn(4, 8) for _ in range(3)]
+    def record():
+        with StoreModuleStats(lin) as h:
+            for x in xs: model(x)
+        h.flush()
+        return h.records
+    normal = record()
+    monkeypatch.setattr(hooks_module, 'MAX_STAGED', 5)   # smaller than one output: computed at every call
+    assert len(normal) == 6 and np.array_equal(record(), normal)
+
+
+def test_a_shared_buffer_must_bin_like_the_hook():
+    from minitrain.hooks import ActivationBuffer
+    with pytest.raises(ValueError, match="bins 40 over"):
+        StoreModuleStats(nn.ReLU(), bins=20, buffer=ActivationBuffer(40))
