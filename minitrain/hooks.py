@@ -132,14 +132,20 @@ class ActivationBuffer:
         off = self.offsets(sizes, data.device)
         idx = data.nan_to_num_(top).to(off.dtype).abs_().add_(off)
         counts = torch.bincount(idx, minlength=len(sizes) * STRIPES * self.bins)
-        self.results.append(([o for o, _, _ in self.slots], sizes, torch.stack(sums + squares), counts))
+        self.results.append(([o for o, _, _ in self.slots], sizes, sums + squares, counts))
         self.slots, self.owners, self.used = [], set(), 0
+
+    def release(self) -> None:
+        "Flush, then free the staging memory (allocated again when needed)."
+        self.flush()
+        self.data = None
+        self._offsets.clear()
 
     def flush(self) -> None:
         "Compute what is staged, copy every result to the host at once, append rows to each owner's `records`."
         self.compute()
         if not self.results: return
-        moments = torch.cat([r[2] for r in self.results]).double()
+        moments = torch.stack([m for r in self.results for m in r[2]]).double()
         host = torch.cat([moments, torch.cat([r[3] for r in self.results]).double()]).cpu().numpy()
         moments, counts = host[:len(moments)], host[len(moments):]
         per_owner: dict[int, tuple[Any, list]] = {}
@@ -242,7 +248,7 @@ class StoreModuleStatsCB(HooksCallback):
 
     def after_epoch(self, learn): flush_stats(self.hooks)
     def cleanup_fit(self, learn):
-        flush_stats(self.hooks)
+        self.buffer.release()
         super().cleanup_fit(learn)
 
     def _names(self) -> list[str]:
