@@ -37,8 +37,12 @@ def main(folder='report/grokking_states'):
     preset = GrokkingPreset()
     run_seeds(partial(make_grokking_learner, preset=preset), SEEDS, folder, epochs=preset.epochs, every=preset.every,
               n_jobs=None)
+    report(folder, preset.every)
+
+
+def report(folder: Path, every: int):
+    "Analyse the runs in `folder` and print how the states line up with each run's jump in validation accuracy."
     a = analyze_runs(folder, metric='valid_accuracy', threshold=0.9, covariance_type='diag', n_jobs=None)
-    every = preset.every
     agree = {0.5: 0, 0.9: 0}
     entries, jumps = [], []
     print(f"{'run':<7}{'state changes (epochs)':<34}{'enters final':>13}{'acc>=0.5':>10}{'acc>=0.9':>10}")
