@@ -37,16 +37,17 @@ def main(folder='report/grokking_states'):
     preset = GrokkingPreset()
     run_seeds(partial(make_grokking_learner, preset=preset), SEEDS, folder, epochs=preset.epochs, every=preset.every,
               n_jobs=None)
-    report(folder, preset.every)
+    report(folder)
 
 
-def report(folder: Path, every: int):
+def report(folder: Path) -> None:
     "Analyse the runs in `folder` and print how the states line up with each run's jump in validation accuracy."
     a = analyze_runs(folder, metric='valid_accuracy', threshold=0.9, covariance_type='diag', n_jobs=None)
     agree = {0.5: 0, 0.9: 0}
     entries, jumps = [], []
     print(f"{'run':<7}{'state changes (epochs)':<34}{'enters final':>13}{'acc>=0.5':>10}{'acc>=0.9':>10}")
     for run in a.decoded:
+        every = run.attrs['meta']['every']   # checkpoint spacing, as recorded with the run
         s, ep, acc = run['latent_state'].to_numpy(), run['epoch'].to_numpy(), run['eval_accuracy'].to_numpy()
         change = np.where(s[1:] != s[:-1])[0] + 1
         enter = int(ep[change[-1]]) if len(change) else int(ep[0])
