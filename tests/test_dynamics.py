@@ -219,6 +219,16 @@ def test_workloads():
     assert ResNet(width=4, c_in=1)(torch.randn(2, 1, 12, 12)).shape == (2, 10)
 
 
+@pytest.mark.parametrize('preset, n_train, steps', [(GrokkingPreset(), 884, 1), (GrokkingPreset.classic(), 2823, 2),
+                                                     (GrokkingPreset.paper(), 3831, 2)])
+def test_grokking_presets_reach_the_data_and_the_optimizer(preset, n_train, steps):
+    learn = make_grokking_learner(0, preset)
+    group = learn.opt_func(learn.model.parameters()).param_groups[0]
+    assert (group['lr'], group['weight_decay'], group['eps']) == (preset.lr, preset.weight_decay, preset.adam_eps)
+    assert len(learn.dls.train.tensors[0]) == n_train and len(learn.dls.train) == steps   # 0.3 * 113**2 = 3831 in the paper
+    assert learn.hparams['p'] == preset.p and learn.model.unembed.out_features == preset.p
+
+
 @pytest.mark.parametrize('values', [[3., 1., 2.], [4., 1., 3., 2.], [1., 1., 1., 5.], [2., 2., 7., 7.], [5.]])
 def test_median_paths_agree_with_numpy(values):
     from minitrain.weight_metrics import _median, _median_torch
