@@ -13,7 +13,7 @@ transition that close, the edges of the map with the mean convergence epoch of t
 Fig. 2 table), the number of states, the convergence regression R^2 and the dissimilarity, beside the paper's numbers
 for modular addition (p=113): 6 states by BIC, R^2 = 0.977.
 
-Measured with `classic` (p=97; 2 cores, about 32 minutes to train): 4 states (initial, memorised, weight-norm
+Measured with `classic` (p=97; 2 cores, about 16 minutes to train): 4 states (initial, memorised, weight-norm
 decline, final); R^2 0.990 (p 2e-4), rank correlation of entry and jump 0.90, dissimilarity 0.158. The issue's check
 holds in 1/8 runs (entry minus jump: 10, -110, 330, 210, 240, 190, 280, 80 epochs); some transition lies within 5
 checkpoints of the jump in 3/8. Runs that grok late enter the final state at the jump; runs that grok soon after
