@@ -4,6 +4,8 @@
 from __future__ import annotations
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Sequence
@@ -20,6 +22,13 @@ SPAWN_HELP = ("the worker processes could not start. With n_jobs > 1 they are st
               "which imports your main script again: put the script's code under `if __name__ == '__main__':`, or "
               "pass n_jobs=1.")
 
+def _exit_with_parent(parent: int) -> None:
+    "Worker initializer: end this worker once the process that started it is gone (no orphans left writing)."
+    def watch():
+        while os.getppid() == parent: time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
 def parallel_map(fn: Callable, jobs: Sequence[tuple], n_jobs: int | None = 1, on_result: Callable[[Any], None] | None = None,
                  progress: bool = False) -> list:
     "`[fn(*job) for job in jobs]`, in `n_jobs` spawned processes (`None`: all cores); `on_result` sees each as it ends."
@@ -33,7 +42,8 @@ def parallel_map(fn: Callable, jobs: Sequence[tuple], n_jobs: int | None = 1, on
         return results
     ctx = multiprocessing.get_context('spawn')
     try:
-        with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)), mp_context=ctx) as ex:
+        with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)), mp_context=ctx,
+                                 initializer=_exit_with_parent, initargs=(os.getpid(),)) as ex:
             futures = {ex.submit(fn, *job): i for i, job in enumerate(jobs)}
             done = as_completed(futures)
             if progress and _live_output(): done = fastprogress.progress_bar(done, total=len(futures))
