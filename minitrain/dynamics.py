@@ -13,6 +13,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+try: import fcntl   # POSIX file locks; on Windows run folders are not locked
+except ImportError: fcntl = None
+
 import pandas as pd
 import torch
 from torch import nn
@@ -45,6 +48,22 @@ class RunFolder:
         self.csv, self.json = self.path / 'metrics.csv', self.path / 'run.json'
         self._header: list[str] | None = None   # columns and row count of metrics.csv, read once
         self._n_rows = 0
+        self._lock = None
+
+    def lock(self) -> None:
+        "Hold `.lock` while recording, so that no second process writes this run (the OS releases it if we die)."
+        if fcntl is None or self._lock is not None: return
+        f = open(self.path / '.lock', 'a+')
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0); owner = f.read().strip() or '?'; f.close()
+            raise RuntimeError(f"{self.path} is being recorded by another process (pid {owner}): wait for it to end "
+                               "or stop it, or record into another folder.") from None
+        f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush()
+        self._lock = f
+
+    def unlock(self) -> None:
+        if self._lock is not None: self._lock.close(); self._lock = None
 
     def meta(self) -> dict:
         return json.loads(self.json.read_text()) if self.json.exists() else {}
@@ -134,6 +153,7 @@ class TrainingDynamicsCB(Callback):
         self.pooled, self.save_checkpoint, self.seed, self.target_epochs = pooled, save_checkpoint, seed, target_epochs
         self.folder = RunFolder(path) if path is not None else None
         self.rows: list[dict] = []
+        self._recording = False   # holds the folder's lock between before_fit and cleanup_fit
         self.init = self.prev = self._grads = None
 
     @property
@@ -145,7 +165,10 @@ class TrainingDynamicsCB(Callback):
     def before_fit(self, learn):
         now = self._current_key(learn)
         self._written: set[int] = set()
+        self._recording = False
         if self.folder is not None:
+            self.folder.lock()
+            self._recording = True
             init_path = self.folder.path / 'init.pt'
             if init_path.exists(): self.init = torch.load(init_path, map_location='cpu', weights_only=True)
             self._written = {int(float(r[self.key])) for r in self.folder.keep_until(self.key, now)}
@@ -208,11 +231,12 @@ class TrainingDynamicsCB(Callback):
                 learn.save(self.folder.path / 'checkpoint.pt', epoch=epochs_done)
 
     def cleanup_fit(self, learn):
-        if self.folder is not None:
-            done = learn.epoch
-            finished = self.target_epochs is not None and done >= self.target_epochs
-            self.folder.update_meta(epochs_done=done, train_steps=learn.train_steps,
-                                    status='finished' if finished else 'stopped')
+        if self.folder is None or not self._recording: return   # before_fit found the folder busy: leave it alone
+        finished = self.target_epochs is not None and learn.epoch >= self.target_epochs
+        self.folder.update_meta(epochs_done=learn.epoch, train_steps=learn.train_steps,
+                                status='finished' if finished else 'stopped')
+        self.folder.unlock()
+        self._recording = False
 
     def dataframe(self) -> pd.DataFrame:
         "The rows recorded in this process as a DataFrame."

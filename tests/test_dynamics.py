@@ -1,6 +1,7 @@
 "Training dynamics part 1: weight metrics by hand, safe incremental storage, resume, original CSV format, run_seeds."
 import json
 import math
+import os
 from functools import partial
 
 import numpy as np
@@ -164,6 +165,23 @@ def test_resume_drops_rows_after_the_checkpoint(tmp_path):
     assert load_runs(tmp_path / 'r')[0]['l1'].tolist() == [0., 2., 4., 6.5]
     with pytest.raises(ValueError, match="columns"):
         folder.append({'epoch': 8, 'l1': 1.})
+
+
+def test_a_run_folder_is_recorded_by_one_process_at_a_time(tmp_path):
+    busy = RunFolder(tmp_path / 'run')
+    busy.lock()
+    assert (tmp_path / 'run' / '.lock').read_text() == str(os.getpid())
+    learn = make_grokking_learner(0, TINY)
+    cb = TrainingDynamicsCB(every=2, path=tmp_path / 'run', target_epochs=2)
+    with pytest.raises(Exception, match=rf'being recorded by another process \(pid {os.getpid()}\)'):
+        learn.fit(2, cbs=[cb])
+    assert not (tmp_path / 'run' / 'metrics.csv').exists() and busy.meta() == {}   # the busy run is left alone
+    busy.unlock()
+    learn.fit(2, cbs=[cb])
+    assert RunFolder(tmp_path / 'run').meta()['status'] == 'finished' and len(RunFolder(tmp_path / 'run').rows()) == 2
+    again = RunFolder(tmp_path / 'run')
+    again.lock()   # the fit released its lock
+    again.unlock()
 
 
 def test_original_csv_columns_round_trip(tmp_path):
