@@ -25,7 +25,7 @@ checkpoints; the paper's setting (lr 1e-3, 500 epochs = 50 checkpoints) is slowe
 
 Measured with `paper`, cut at 4,000 epochs (about 80 minutes): 2/8 runs reach 0.9 (epochs 3,350 and 3,370), one of
 them enters its final state at the jump; Adam's loss spikes (eps 1e-8) make the states flip back and forth 8-18
-times a run; 5 states, R^2 0.864 from the 2 converged runs. The full 10,000 epochs need a GPU or about 11 hours here.
+times a run; 5 states, R^2 0.864 from the 2 converged runs. The full 10,000 epochs take about 3 hours for 8 seeds here.
 
 Measured with `small` (the default preset, p=47; about 3 minutes): 3 states; the check holds in 4/8 runs, lags 360,
 30, 0, 260, 50, 30, 340 epochs, one seed never reaches 0.9; R^2 0.727.
