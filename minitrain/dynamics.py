@@ -63,6 +63,7 @@ class RunFolder:
         self._lock = f
 
     def unlock(self) -> None:
+        "Release the folder for other processes."
         if self._lock is not None: self._lock.close(); self._lock = None
 
     def meta(self) -> dict:

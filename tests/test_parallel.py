@@ -16,19 +16,20 @@ def test_results_in_job_order_in_workers():
     assert parallel_map(operator.mul, [(2, 3), (4, 5), (6, 7)], n_jobs=2) == [6, 20, 42]
 
 
+def _stat(pid: int | str) -> list[str] | None:
+    "Fields of /proc/PID/stat after the command name (state, parent pid, ...); None once the process is gone."
+    try: return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+    except OSError: return None
+
+
 def _children(pid: int) -> set[int]:
-    kids = set()
-    for stat in Path('/proc').glob('[0-9]*/stat'):
-        try: fields = stat.read_text().rsplit(')', 1)[1].split()
-        except OSError: continue   # the process ended while we looked
-        if int(fields[1]) == pid: kids.add(int(stat.parent.name))
-    return kids
+    stats = {int(p.name): _stat(p.name) for p in Path('/proc').glob('[0-9]*')}
+    return {k for k, fields in stats.items() if fields and int(fields[1]) == pid}
 
 
 def _alive(pid: int) -> bool:
-    try: state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
-    except OSError: return False
-    return state != 'Z'
+    fields = _stat(pid)
+    return fields is not None and fields[0] != 'Z'
 
 
 def _wait(cond, timeout: float) -> bool:
