@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from .callbacks import set_seed
-from .learner import Callback, Learner
+from .events import Callback
+from .learner import Learner
 from .parallel import parallel_map
 from .weight_metrics import DEFAULT_EXCLUDE, weight_metrics
 

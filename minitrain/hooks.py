@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .learner import Callback
+from .events import Callback
 from .plotting import empty_plot, get_grid, subplots
 
 # %% auto #0

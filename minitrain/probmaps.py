@@ -16,7 +16,7 @@ from matplotlib import animation
 from matplotlib.lines import Line2D
 from torch import nn
 
-from .learner import Callback, model_device
+from .events import Callback, model_device
 from .plotting import get_grid, subplots
 
 # %% auto #0
