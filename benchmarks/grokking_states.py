@@ -80,7 +80,7 @@ def report(folder: Path) -> None:
           f"  nearest to 0.9")
     for run in a.decoded:
         every = run.attrs['meta']['every']   # checkpoint spacing, as recorded with the run
-        s, ep, acc = run['latent_state'].to_numpy(), run['epoch'].to_numpy(), run['eval_accuracy'].to_numpy()
+        s, ep, acc = run['latent_state'].to_numpy(), run['epoch'].to_numpy(), run['valid_accuracy'].to_numpy()
         change, first = np.where(s[1:] != s[:-1])[0] + 1, {}
         enter = int(ep[change[-1]]) if len(change) else int(ep[0])
         marks = {lvl: first_epoch(ep, acc, lvl) for lvl in agree}

@@ -1,4 +1,4 @@
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from minitrain.data import DataLoaders, TensorLoader, digits, fashion_mnist, get_dls, collate_dict, read_idx
 from minitrain.events import (EVENTS, STEPS, Callback, CallbackError, CancelBatchException, CancelEpochException,

@@ -29,12 +29,14 @@ from .weight_metrics import DEFAULT_EXCLUDE, weight_metrics
 logger = logging.getLogger('minitrain')
 
 # %% auto #0
-__all__ = ['logger', 'LOSS_COLUMNS', 'ORIGINAL_NAMES', 'RunFolder', 'describe_run', 'TrainingDynamicsCB', 'load_runs',
+__all__ = ['logger', 'LOSS_COLUMNS', 'ALIASES', 'ORIGINAL_NAMES', 'RunFolder', 'describe_run', 'TrainingDynamicsCB', 'load_runs',
            'check_same_hparams', 'run_seeds']
 
 # %% ../nbs/22_dynamics.ipynb #d3e9f43e
-LOSS_COLUMNS = ('train_loss', 'eval_loss', 'train_accuracy', 'eval_accuracy')
-ORIGINAL_NAMES = {'mean_singular_value': 'mean_lambda', 'var_singular_value': 'variance_lambda'}
+LOSS_COLUMNS = ('train_loss', 'valid_loss', 'train_accuracy', 'valid_accuracy')
+ALIASES = {'eval_loss': 'valid_loss', 'eval_accuracy': 'valid_accuracy',          # the original code, minitrain < 0.2
+           'mean_singular_value': 'mean_lambda', 'var_singular_value': 'variance_lambda'}   # the original CNN code
+ORIGINAL_NAMES = ALIASES   # the name before 0.2, kept for one release: use ALIASES
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + '.tmp')
@@ -42,17 +44,18 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 class RunFolder:
-    "A run's folder: `metrics.csv` appended row by row (flushed, synced) and `run.json`."
+    "A run's folder: `metrics.csv` appended row by row (flushed, synced), `run.json`, `init.pt`, `checkpoint.pt`, `.lock`."
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
         self.csv, self.json = self.path / 'metrics.csv', self.path / 'run.json'
+        self.init, self.checkpoint = self.path / 'init.pt', self.path / 'checkpoint.pt'
         self._header: list[str] | None = None   # columns and row count of metrics.csv, read once
         self._n_rows = 0
         self._lock = None
 
     def lock(self) -> None:
         "Hold `.lock` while recording, so that no second process writes this run (the OS releases it if we die)."
+        self.path.mkdir(parents=True, exist_ok=True)
         if fcntl is None or self._lock is not None: return
         f = open(self.path / '.lock', 'a+')
         try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -67,15 +70,30 @@ class RunFolder:
         "Release the folder for other processes."
         if self._lock is not None: self._lock.close(); self._lock = None
 
+    @property
+    def locked(self) -> bool:
+        "True while this object holds the folder's lock."
+        return self._lock is not None
+
     def meta(self) -> dict:
+        "The contents of `run.json` ({} before the first fit)."
         return json.loads(self.json.read_text()) if self.json.exists() else {}
 
     def update_meta(self, **kv) -> dict:
+        "Merge `kv` into `run.json` (written atomically) and return the result."
+        self.path.mkdir(parents=True, exist_ok=True)
         meta = {**self.meta(), **kv}
         _atomic_write(self.json, json.dumps(meta, indent=1, default=str))
         return meta
 
+    def plan(self, epochs: int) -> str:
+        "'skip' (finished with at least `epochs` epochs), 'resume' (a checkpoint is there) or 'start'."
+        meta = self.meta()
+        if meta.get('status') == 'finished' and meta.get('epochs_done', 0) >= epochs: return 'skip'
+        return 'resume' if self.checkpoint.exists() else 'start'
+
     def rows(self) -> list[dict]:
+        "The rows of `metrics.csv` as written (strings)."
         if not self.csv.exists(): return []
         with open(self.csv, newline='') as f: rows = list(csv.DictReader(f))
         self._header, self._n_rows = (list(rows[0]) if rows else None), len(rows)
@@ -101,6 +119,7 @@ class RunFolder:
         if not new and self._header[1:] != list(row):
             raise ValueError(f"{self.csv} has columns {self._header[1:]}, but this run records {list(row)}: use a new "
                              f"path or the same metrics/hookpoints as the run that wrote it.")
+        self.path.mkdir(parents=True, exist_ok=True)
         with open(self.csv, 'a', newline='') as f:
             w = csv.writer(f)
             if new:
@@ -110,6 +129,26 @@ class RunFolder:
             f.flush(); os.fsync(f.fileno())
         self._n_rows += 1
 
+    def start(self, key: str, now: int, **meta) -> set[int]:
+        "Lock the folder, drop rows after `now`, mark the run 'running'; returns the keys already written."
+        self.lock()
+        written = {int(float(r[key])) for r in self.keep_until(key, now)}
+        self.update_meta(status='running', **meta)
+        return written
+
+    def finish(self, finished: bool, **meta) -> None:
+        "Mark the run 'finished' or 'stopped' and release the lock."
+        self.update_meta(status='finished' if finished else 'stopped', **meta)
+        self.unlock()
+
+    def save_init(self, params: Mapping[str, torch.Tensor]) -> None:
+        "Keep the initial weights (once per run)."
+        torch.save(dict(params), self.init)
+
+    def load_init(self) -> dict[str, torch.Tensor] | None:
+        "The initial weights, if this run has recorded them."
+        return torch.load(self.init, map_location='cpu', weights_only=True) if self.init.exists() else None
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float): return 'nan' if math.isnan(v) else repr(v)
     return str(v)
@@ -117,9 +156,6 @@ def _fmt(v: Any) -> str:
 # %% ../nbs/22_dynamics.ipynb #61e2a616
 def _clone_params(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
-
-def _accuracy_key(row: Mapping) -> str | None:
-    return next((k for k in row if 'acc' in k.lower()), None)
 
 def _n_items(dl: Any) -> int | None:
     "Number of examples behind a loader, if it can tell."
@@ -139,23 +175,24 @@ def describe_run(learn: Learner) -> dict:
                  'valid_size': _n_items(dls.valid)} if hasattr(dls, 'train') else repr(dls),
         'loss_func': getattr(learn.loss_func, '__name__', type(learn.loss_func).__name__),
         'optimizer': None if opt is None else {'name': type(opt).__name__, **hyper},
-        'lr': learn.lr, 'hparams': getattr(learn, 'hparams', {}),
+        'lr': learn.lr, 'hparams': learn.hparams or {},
         'versions': {'minitrain': minitrain.__version__, 'torch': torch.__version__, 'python': platform.python_version()},
     }
 
 class TrainingDynamicsCB(Callback):
-    "Weight metrics every `every` epochs/steps, one row per checkpoint, written to `path/metrics.csv` as they come."
+    "Weight metrics every `every` epochs/steps, one row per checkpoint, handed to the run folder `path` as they come."
     order = 10   # after MetricsCB, whose rows it reads
-    def __init__(self, every: int = 10, unit: str = 'epoch', hookpoints=None, path: str | Path | None = None,
+    def __init__(self, every: int = 10, unit: str = 'epoch', hookpoints=None, path: str | Path | RunFolder | None = None,
                  include: Sequence | None = None, exclude: Sequence = DEFAULT_EXCLUDE, pooled: bool = True,
-                 save_checkpoint: bool = True, seed: int | None = None, target_epochs: int | None = None):
+                 save_checkpoint: bool = True, seed: int | None = None, target_epochs: int | None = None,
+                 accuracy: str = 'accuracy'):
         if unit not in ('epoch', 'step'): raise ValueError(f"unit must be 'epoch' or 'step', got {unit!r}.")
         if every < 1: raise ValueError(f"every must be >= 1, got {every}.")
         self.every, self.unit, self.hookpoints, self.include, self.exclude = every, unit, hookpoints, include, exclude
         self.pooled, self.save_checkpoint, self.seed, self.target_epochs = pooled, save_checkpoint, seed, target_epochs
-        self.folder = RunFolder(path) if path is not None else None
+        self.accuracy = accuracy   # the MetricsCB metric written as train_accuracy / valid_accuracy
+        self.folder = path if isinstance(path, RunFolder) or path is None else RunFolder(path)
         self.rows: list[dict] = []
-        self._recording = False   # holds the folder's lock between before_fit and cleanup_fit
         self.init = self.prev = self._grads = None
 
     @property
@@ -167,18 +204,13 @@ class TrainingDynamicsCB(Callback):
     def before_fit(self, learn):
         now = self._current_key(learn)
         self._written: set[int] = set()
-        self._recording = False
         if self.folder is not None:
-            self.folder.lock()
-            self._recording = True
-            init_path = self.folder.path / 'init.pt'
-            if init_path.exists(): self.init = torch.load(init_path, map_location='cpu', weights_only=True)
-            self._written = {int(float(r[self.key])) for r in self.folder.keep_until(self.key, now)}
-            self.folder.update_meta(seed=self.seed, every=self.every, unit=self.unit, target_epochs=self.target_epochs,
-                                    status='running', **describe_run(learn))
+            self._written = self.folder.start(self.key, now, seed=self.seed, every=self.every, unit=self.unit,
+                                              target_epochs=self.target_epochs, **describe_run(learn))
+            self.init = self.folder.load_init()
         if self.init is None and learn.epoch == 0 and learn.train_steps == 0:
             self.init = {k: v.cpu() for k, v in _clone_params(learn.model).items()}
-            if self.folder is not None: torch.save(self.init, self.folder.path / 'init.pt')
+            if self.folder is not None: self.folder.save_init(self.init)
         self.prev = _clone_params(learn.model) if (learn.epoch or learn.train_steps) else None
         if now % self.every == 0 and now not in self._written: self._checkpoint(learn, learn.epoch)
 
@@ -196,26 +228,22 @@ class TrainingDynamicsCB(Callback):
         if self.unit == 'step' and learn.train_steps % self.every == 0: self._checkpoint(learn, learn.epoch)
 
     def after_epoch(self, learn):
-        last_phase = not learn.training or not learn.run_valid
-        if not last_phase: return
+        if learn.training and learn.run_valid: return   # the epoch ends after its validation phase
         done = learn.epoch + 1
         if self.unit == 'epoch' and done % self.every == 0: self._checkpoint(learn, done)
         elif self.unit == 'step' and self.folder is not None and self.save_checkpoint:
-            learn.save(self.folder.path / 'checkpoint.pt', epoch=done)   # resumable at epoch ends
+            learn.save(self.folder.checkpoint, epoch=done)   # resumable at epoch ends
 
     def _losses(self, learn, epochs_done: int) -> dict:
         out = dict.fromkeys(LOSS_COLUMNS, float('nan'))
-        metrics = getattr(learn, 'metrics', None)
-        history = getattr(metrics, 'history', None) or []
-        if self.unit == 'step' and getattr(learn, 'loss', None) is not None and learn.training:
+        if self.unit == 'step' and learn.loss is not None and learn.training:
             out['train_loss'] = float(learn.loss.detach())
             return out
+        history = learn.metrics.history if learn.metrics is not None else []
         for r in reversed(history):   # this epoch's rows are the last ones
             if r.get('epoch') != epochs_done - 1: break
-            prefix = 'train' if r['phase'] == 'train' else 'eval'
-            out[f'{prefix}_loss'] = r.get('loss', float('nan'))
-            acc = _accuracy_key(r)
-            if acc: out[f'{prefix}_accuracy'] = r[acc]
+            out[f"{r['phase']}_loss"] = r.get('loss', float('nan'))
+            if self.accuracy in r: out[f"{r['phase']}_accuracy"] = r[self.accuracy]
         return out
 
     def _checkpoint(self, learn, epochs_done: int):
@@ -229,16 +257,12 @@ class TrainingDynamicsCB(Callback):
         self.prev, self._grads = _clone_params(learn.model), None
         if self.folder is not None:
             self.folder.append(row)
-            if self.save_checkpoint and self.unit == 'epoch':
-                learn.save(self.folder.path / 'checkpoint.pt', epoch=epochs_done)
+            if self.save_checkpoint and self.unit == 'epoch': learn.save(self.folder.checkpoint, epoch=epochs_done)
 
     def cleanup_fit(self, learn):
-        if self.folder is None or not self._recording: return   # before_fit found the folder busy: leave it alone
+        if self.folder is None or not self.folder.locked: return   # before_fit found the folder busy: leave it alone
         finished = self.target_epochs is not None and learn.epoch >= self.target_epochs
-        self.folder.update_meta(epochs_done=learn.epoch, train_steps=learn.train_steps,
-                                status='finished' if finished else 'stopped')
-        self.folder.unlock()
-        self._recording = False
+        self.folder.finish(finished, epochs_done=learn.epoch, train_steps=learn.train_steps)
 
     def dataframe(self) -> pd.DataFrame:
         "The rows recorded in this process as a DataFrame."
@@ -248,7 +272,7 @@ class TrainingDynamicsCB(Callback):
 def _read_run_csv(path: Path) -> pd.DataFrame:
     df = pd.read_csv(path)
     unnamed = [c for c in df.columns if c == '' or str(c).startswith('Unnamed')]
-    df = df.drop(columns=unnamed).rename(columns=ORIGINAL_NAMES)
+    df = df.drop(columns=unnamed).rename(columns=ALIASES)
     sort = 'epoch' if 'epoch' in df else 'step' if 'step' in df else None
     return df.sort_values(sort, kind='stable').reset_index(drop=True) if sort else df
 
@@ -274,7 +298,7 @@ def load_runs(path: str | Path) -> list[pd.DataFrame]:
 # %% ../nbs/22_dynamics.ipynb #ab4d301f
 def check_same_hparams(meta: Mapping, learn: Learner, folder: str | Path) -> None:
     "Refuse to skip or resume a run folder recorded with other `learn.hparams` than the learner's."
-    old, new = meta.get('hparams'), getattr(learn, 'hparams', None)
+    old, new = meta.get('hparams'), learn.hparams
     if not old or not new: return
     new = json.loads(json.dumps(new, default=str))   # as it would be stored in run.json
     diff = [f'{k}: {old.get(k)!r} there, {new.get(k)!r} now' for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
@@ -283,24 +307,21 @@ def check_same_hparams(meta: Mapping, learn: Learner, folder: str | Path) -> Non
 
 def _run_one(make_learner: Callable[[int], Learner], seed: int, folder: str, epochs: int, cb_kwargs: dict) -> dict:
     "Train (or resume, or skip) one seed's run; returns a short summary."
-    folder = Path(folder)
-    meta = RunFolder(folder).meta() if folder.exists() else {}
+    folder = RunFolder(folder)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         set_seed(seed)
         learn = make_learner(seed)
-        check_same_hparams(meta, learn, folder)
-        if meta.get('status') == 'finished' and meta.get('epochs_done', 0) >= epochs:
-            return {'seed': seed, 'status': 'skipped', 'epochs': meta['epochs_done']}
-        ckpt = folder / 'checkpoint.pt'
-        resumed = ckpt.exists()
-        if resumed: learn.load(ckpt)
-        cb = TrainingDynamicsCB(path=folder, seed=seed, target_epochs=epochs, **cb_kwargs)
+        check_same_hparams(folder.meta(), learn, folder.path)
+        plan = folder.plan(epochs)
+        if plan == 'skip': return {'seed': seed, 'status': 'skipped', 'epochs': folder.meta()['epochs_done']}
+        if plan == 'resume': learn.load(folder.checkpoint)
         t = time.time()
-        if epochs - learn.epoch > 0: learn.fit(epochs - learn.epoch, cbs=[cb])
-        else: cb.before_fit(learn); cb.cleanup_fit(learn)
-        return {'seed': seed, 'status': 'resumed' if resumed else 'trained', 'epochs': learn.epoch, 'seconds': time.time() - t}
+        cb = TrainingDynamicsCB(path=folder, seed=seed, target_epochs=epochs, **cb_kwargs)
+        learn.fit(max(0, epochs - learn.epoch), cbs=[cb])   # fit(0) only records what is missing and marks the run done
+        return {'seed': seed, 'status': 'resumed' if plan == 'resume' else 'trained', 'epochs': learn.epoch,
+                'seconds': time.time() - t}
     finally: torch.set_num_threads(threads)
 
 def run_seeds(make_learner: Callable[[int], Learner], seeds: Iterable[int], path: str | Path, epochs: int,

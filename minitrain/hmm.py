@@ -18,20 +18,18 @@ from .weight_metrics import PAPER_METRICS
 logger = logging.getLogger('minitrain')
 
 # %% auto #0
-__all__ = ['logger', 'ALIASES', 'PreparedRuns', 'prepare_runs', 'n_hmm_params', 'sticky_transmat', 'ModelSelection', 'fit_hmms',
+__all__ = ['logger', 'PreparedRuns', 'prepare_runs', 'n_hmm_params', 'sticky_transmat', 'ModelSelection', 'fit_hmms',
            'relabel_by_first_visit', 'decode', 'filtered_posteriors', 'posterior_gradient', 'TrainingMap',
-           'training_map', 'Regression', 'state_distributions', 'convergence_time', 'convergence_regression',
-           'trajectory_dissimilarity', 'sample_phase_runs']
+           'state_segments', 'training_map', 'Regression', 'state_distributions', 'convergence_time',
+           'convergence_regression', 'trajectory_dissimilarity', 'sample_phase_runs']
 
 # %% ../nbs/23_hmm.ipynb #cfa3a749
-ALIASES = {'valid_loss': 'eval_loss', 'valid_accuracy': 'eval_accuracy'}
-
-def _col(df: pd.DataFrame, name: str) -> str:
-    "Accept both minitrain's 'valid_*' and the original 'eval_*' names."
-    if name in df.columns: return name
-    alt = ALIASES.get(name) or {v: k for k, v in ALIASES.items()}.get(name)
-    if alt and alt in df.columns: return alt
-    raise KeyError(f"no column '{name}' in the run (columns: {list(df.columns)[:30]}).")
+def _column(df: pd.DataFrame, name: str) -> pd.Series:
+    "`df[name]`, or an error listing the columns there are (runs from `load_runs` use minitrain's names)."
+    if name not in df.columns:
+        raise KeyError(f"no column '{name}' in the run (columns: {list(df.columns)[:30]}). Load runs with "
+                       f"load_runs(), which renames the original code's eval_* columns to valid_*.")
+    return df[name]
 
 def _name(run: Any, i: int) -> str:
     return getattr(run, 'attrs', {}).get('name') or f'run{i}'
@@ -56,8 +54,8 @@ def prepare_runs(runs: Sequence, features: Sequence[str] | None = None, first_n:
     for i, run in enumerate(runs):
         name = _name(run, i)
         if isinstance(run, pd.DataFrame):
-            x = run[[_col(run, f) for f in features]].to_numpy(dtype=float)
-            ep = run[_col(run, 'epoch')].to_numpy() if 'epoch' in run or 'step' not in run else run['step'].to_numpy()
+            x = np.stack([_column(run, f).to_numpy(dtype=float) for f in features], 1) if len(run) else np.empty((0, len(features)))
+            ep = _column(run, 'epoch' if 'epoch' in run or 'step' not in run else 'step').to_numpy()
         else:
             x = np.asarray(run, dtype=float)
             if x.ndim != 2 or x.shape[1] != len(features):
@@ -154,6 +152,16 @@ class ModelSelection:
     data: PreparedRuns
     train_idx: list[int]
     test_idx: list[int]
+    paths: dict[int, list[np.ndarray]] = field(default_factory=dict)   # per K: the Viterbi path of each analysed run
+
+    @property
+    def states(self) -> list[np.ndarray]:
+        "The chosen model's state sequence of each analysed run (in `data.names` order)."
+        return self.paths[self.k]
+
+    def decoded(self, runs: Sequence[pd.DataFrame]) -> list[pd.DataFrame]:
+        "Copies of `runs` with the chosen model's `latent_state` per checkpoint (-1 where a run was not analysed)."
+        return _with_states(runs, dict(zip(self.data.names, self.states)))
 
     @property
     def model(self):
@@ -213,8 +221,9 @@ def fit_hmms(runs: Sequence, features: Sequence[str] | None = None, ks: Iterable
         if r['model'] is None: continue
         best = models.get(r['k'])
         if best is None or r['test_loglik'] > best[0]: models[r['k']] = (r['test_loglik'], r['model'])
-    models = {k: relabel_by_first_visit(m, data.arrays) for k, (_, m) in models.items()}
-    sel = ModelSelection(table, models, 0, criterion, data, train_idx, test_idx)
+    relabelled = {k: _relabel(m, data.arrays) for k, (_, m) in models.items()}
+    sel = ModelSelection(table, {k: m for k, (m, _) in relabelled.items()}, 0, criterion, data, train_idx, test_idx,
+                         {k: p for k, (_, p) in relabelled.items()})
     sel.k = _choose(sel.summary(), criterion)
     if sel.k == 1 and len(models) > 1 and covariance_type == 'full':
         warnings.warn("the held-out runs are best explained by a single state: with few runs, full covariances over "
@@ -223,13 +232,13 @@ def fit_hmms(runs: Sequence, features: Sequence[str] | None = None, ks: Iterable
     return sel
 
 # %% ../nbs/23_hmm.ipynb #d1bcefa3
-def relabel_by_first_visit(model, arrays: Sequence[np.ndarray]):
-    "A copy of `model` whose states are numbered by the mean relative time of their first Viterbi visit."
+def _relabel(model, arrays: Sequence[np.ndarray]) -> tuple[Any, list[np.ndarray]]:
+    "`relabel_by_first_visit`, with each run's Viterbi path in the new numbering (one Viterbi pass per run)."
     import copy
     K = model.n_components
+    paths = [model.predict(x) for x in arrays]
     first = np.full((len(arrays), K), np.nan)
-    for i, x in enumerate(arrays):
-        s = model.predict(x)
+    for i, s in enumerate(paths):
         for k in np.unique(s): first[i, k] = np.argmax(s == k) / len(s)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', RuntimeWarning)   # all-NaN columns: states nobody visits
@@ -240,11 +249,28 @@ def relabel_by_first_visit(model, arrays: Sequence[np.ndarray]):
     full = model.covars_[order]
     m.covars_ = {'full': full, 'diag': np.diagonal(full, axis1=1, axis2=2), 'spherical': full[:, 0, 0],
                  'tied': model.covars_[0]}[model.covariance_type]
-    return m
+    new_label = np.argsort(order)   # old state k is now state new_label[k]
+    return m, [new_label[s] for s in paths]
+
+def relabel_by_first_visit(model, arrays: Sequence[np.ndarray]):
+    "A copy of `model` whose states are numbered by the mean relative time of their first Viterbi visit."
+    return _relabel(model, arrays)[0]
 
 # %% ../nbs/23_hmm.ipynb #195a6f97
 def _model_of(model_or_selection):
     return model_or_selection.model if isinstance(model_or_selection, ModelSelection) else model_or_selection
+
+def _with_states(runs: Sequence[pd.DataFrame], states_by_name: dict[str, np.ndarray]) -> list[pd.DataFrame]:
+    out = []
+    for i, run in enumerate(runs):
+        df = run.copy()
+        df.attrs = dict(getattr(run, 'attrs', {}))
+        states = np.full(len(df), -1)
+        s = states_by_name.get(_name(run, i))
+        if s is not None: states[:len(s)] = s
+        df['latent_state'] = states
+        out.append(df)
+    return out
 
 def decode(model_or_selection, runs: Sequence[pd.DataFrame], features: Sequence[str] | None = None,
            first_n: int | None = None) -> list[pd.DataFrame]:
@@ -253,17 +279,7 @@ def decode(model_or_selection, runs: Sequence[pd.DataFrame], features: Sequence[
     if isinstance(model_or_selection, ModelSelection):
         features = features or model_or_selection.data.features
     data = prepare_runs(runs, features, first_n)
-    by_name = dict(zip(data.names, data.arrays))
-    out = []
-    for i, run in enumerate(runs):
-        df = run.copy()
-        df.attrs = dict(getattr(run, 'attrs', {}))
-        states = np.full(len(df), -1)
-        x = by_name.get(_name(run, i))
-        if x is not None: states[:len(x)] = model.predict(x)
-        df['latent_state'] = states
-        out.append(df)
-    return out
+    return _with_states(runs, {name: model.predict(x) for name, x in zip(data.names, data.arrays)})
 
 # %% ../nbs/23_hmm.ipynb #510134b9
 def _log_emissions(model, x: np.ndarray) -> np.ndarray:
@@ -311,7 +327,7 @@ class TrainingMap:
                 'start_states': {str(k): v for k, v in self.start_states.items()},
                 'end_states': {str(k): v for k, v in self.end_states.items()}}
 
-def _segments(states: np.ndarray) -> list[tuple[int, int, int]]:
+def state_segments(states: np.ndarray) -> list[tuple[int, int, int]]:
     "Contiguous (state, start, stop) runs of a state sequence."
     out, start = [], 0
     for t in range(1, len(states) + 1):
@@ -326,8 +342,7 @@ def training_map(selection: ModelSelection, top_n: int = 3) -> TrainingMap:
     occupancy, visits, first_epochs = np.zeros(K), [set() for _ in range(K)], [[] for _ in range(K)]
     grads, epochs, runs_with = {}, {}, {}
     starts, ends = {}, {}
-    for name, x, ep in zip(data.names, data.arrays, data.epochs):
-        s = model.predict(x)
+    for name, x, ep, s in zip(data.names, data.arrays, data.epochs, selection.states):
         post = filtered_posteriors(model, x)
         starts[int(s[0])] = starts.get(int(s[0]), 0) + 1
         ends[int(s[-1])] = ends.get(int(s[-1]), 0) + 1
@@ -377,12 +392,13 @@ def state_distributions(decoded: Sequence[pd.DataFrame], n_states: int | None = 
 
 def convergence_time(run: pd.DataFrame, metric: str = 'valid_accuracy', threshold: float = 0.9) -> float:
     "First epoch where `metric` >= `threshold`; the run's last epoch if it never gets there."
-    col, ep = run[_col(run, metric)].to_numpy(), run[_col(run, 'epoch')].to_numpy()
+    col, ep = _column(run, metric).to_numpy(), _column(run, 'epoch').to_numpy()
     hit = np.where(col >= threshold)[0]
     return float(ep[hit[0]] if len(hit) else ep[-1])
 
 def convergence_regression(runs: Sequence[pd.DataFrame], states: Sequence | None = None, metric: str = 'valid_accuracy',
-                           threshold: float = 0.9, n_states: int | None = None) -> Regression:
+                           threshold: float = 0.9, n_states: int | None = None,
+                           distributions: pd.DataFrame | None = None) -> Regression:
     "OLS of convergence time on each run's state distribution (`states`, or the runs' `latent_state`): R², p, detours."
     if states is not None:
         if len(states) != len(runs): raise ValueError(f"{len(runs)} runs but {len(states)} state sequences.")
@@ -390,7 +406,7 @@ def convergence_regression(runs: Sequence[pd.DataFrame], states: Sequence | None
     if not all('latent_state' in r for r in runs):
         raise ValueError("convergence_regression needs states: pass states=[...] or runs from decode() (latent_state column).")
     decoded = runs
-    dist = state_distributions(decoded, n_states)
+    dist = state_distributions(decoded, n_states) if distributions is None else distributions
     y = np.array([convergence_time(r, metric, threshold) for r in decoded])
     used = [k for k in dist.columns if dist[k].sum() > 0]             # states no run visits carry no information
     X = dist[used].to_numpy()
@@ -416,9 +432,10 @@ def convergence_regression(runs: Sequence[pd.DataFrame], states: Sequence | None
                       dict(zip(dist.index, y.tolist())), dist)
 
 # %% ../nbs/23_hmm.ipynb #9f282078
-def trajectory_dissimilarity(states: Sequence, n_states: int | None = None) -> float:
+def trajectory_dissimilarity(states: Sequence | pd.DataFrame, n_states: int | None = None) -> float:
     "Mean pairwise total-variation distance between runs' state distributions (independent of state numbering)."
-    if len(states) and isinstance(states[0], pd.DataFrame): dist = state_distributions(states, n_states).to_numpy()
+    if isinstance(states, pd.DataFrame): dist = states.to_numpy()   # already `state_distributions`
+    elif len(states) and isinstance(states[0], pd.DataFrame): dist = state_distributions(states, n_states).to_numpy()
     else:
         seqs = [np.asarray(s, dtype=int) for s in states]
         K = n_states or int(max(s.max() for s in seqs) + 1)

@@ -166,7 +166,7 @@ def group_metrics(g: WeightGroups, init: Mapping[str, torch.Tensor] | None = Non
         sq = [torch.sum(grads[k].float() ** 2) for k in g.params if grads.get(k) is not None]
         out['grad_l2'] = torch.sqrt(torch.stack(sq).sum()) if sq else nan
     else: out['grad_l2'] = nan
-    return out
+    return {k: out[k] for k in PAPER_METRICS + EXTRA_METRICS}   # the declared metrics, in order: the CSV's columns
 
 # %% ../nbs/20_weight_metrics.ipynb #98b28c05
 def _grads(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -109,12 +109,12 @@ def part_dynamics(out: Path, seeds=(0, 1, 2, 3, 4, 5)) -> None:
     for run in runs:
         label = run.attrs['name']
         axs[0].plot(run['epoch'], run['train_accuracy'], color='gray', alpha=0.5)
-        axs[0].plot(run['epoch'], run['eval_accuracy'], label=label)
+        axs[0].plot(run['epoch'], run['valid_accuracy'], label=label)
         axs[1].plot(run['epoch'], run['l2'], label=label)
         axs[2].plot(run['epoch'], run['variance_lambda'], label=label)
         first = lambda col, v: next((int(e) for e, a in zip(run['epoch'], run[col]) if a >= v), None)
         log.info('%s: train accuracy >= 0.99 at epoch %s, valid accuracy >= 0.9 at epoch %s (final %.3f)', label,
-                 first('train_accuracy', 0.99), first('eval_accuracy', 0.9), run['eval_accuracy'].iloc[-1])
+                 first('train_accuracy', 0.99), first('valid_accuracy', 0.9), run['valid_accuracy'].iloc[-1])
     for a, t in zip(axs, ('accuracy (gray: train)', 'l2', 'variance_lambda')): a.set_title(t); a.set_xlabel('epoch')
     axs[0].legend()
     fig.savefig(out / 'grokking_runs.png', dpi=100, bbox_inches='tight'); plt.close(fig)

@@ -190,15 +190,31 @@ def test_original_csv_columns_round_trip(tmp_path):
     learn.fit(4, cbs=[TrainingDynamicsCB(path=tmp_path / 'ours', every=2)])
     theirs_view = pd.read_csv(tmp_path / 'ours' / 'metrics.csv', index_col=0)   # how the original code reads CSVs
     assert set(ORIGINAL_COLUMNS + list(LOSS_COLUMNS)) <= set(theirs_view.columns)
-    assert theirs_view['eval_accuracy'].notna().sum() == 2 and theirs_view.index.tolist() == [0, 1, 2]
-    # a CSV as the original code writes it (pandas index column, CNN names for the singular-value columns)
+    assert theirs_view['valid_accuracy'].notna().sum() == 2 and theirs_view.index.tolist() == [0, 1, 2]
+    assert not any(c.startswith('eval_') for c in theirs_view.columns)    # minitrain writes valid_* everywhere
+    # a CSV as the original code writes it (pandas index column, eval_* names, CNN names for the singular values)
     orig = pd.DataFrame({c: np.arange(3.) + i for i, c in enumerate(ORIGINAL_COLUMNS)})
     orig = orig.rename(columns={'mean_lambda': 'mean_singular_value', 'variance_lambda': 'var_singular_value'})
     orig['step'] = [40, 0, 20]
+    orig['eval_loss'], orig['eval_accuracy'] = [0.5, 2.0, 1.0], [0.9, 0.1, 0.5]
     orig.to_csv(tmp_path / 'lr0.001_adamw_seed0_scaling1.0.csv')
     (run,) = load_runs(tmp_path / 'lr0.001_adamw_seed0_scaling1.0.csv')
     assert run['step'].tolist() == [0, 20, 40] and {'mean_lambda', 'variance_lambda'} <= set(run.columns)
+    assert run['valid_accuracy'].tolist() == [0.1, 0.5, 0.9] and run['valid_loss'].tolist() == [2.0, 1.0, 0.5]
+    assert not any(c.startswith('eval_') for c in run.columns)
     assert run.attrs['name'] == 'lr0.001_adamw_seed0_scaling1.0'
+
+
+def test_old_run_folders_with_eval_columns_still_load(tmp_path):
+    "Run folders written by minitrain 0.1 (eval_* columns) load with minitrain's valid_* names."
+    set_seed(0)
+    make_grokking_learner(0, TINY).fit(4, cbs=[TrainingDynamicsCB(path=tmp_path / 'seed0', every=2)])
+    csv = tmp_path / 'seed0' / 'metrics.csv'
+    new = load_runs(tmp_path)[0]
+    csv.write_text(csv.read_text().replace('valid_loss', 'eval_loss').replace('valid_accuracy', 'eval_accuracy'))
+    old = load_runs(tmp_path)[0]
+    assert 'eval_accuracy' in pd.read_csv(csv).columns
+    pd.testing.assert_frame_equal(old, new)
 
 
 def test_run_json_records_the_run(tmp_path):

@@ -9,8 +9,9 @@ from sklearn.metrics import adjusted_rand_score
 
 from minitrain.hmm import (convergence_regression, decode, filtered_posteriors, fit_hmms, posterior_gradient,
                            prepare_runs, sample_phase_runs, trajectory_dissimilarity, training_map)
-from minitrain.hmm_report import (analyze_runs, metrics_html, model_selection_html, plot_metrics_with_states,
-                                  plot_model_selection, plot_training_map, training_map_html)
+from minitrain.hmm_html import metrics_html, model_selection_html, training_map_html
+from minitrain.hmm_plots import plot_metrics_with_states, plot_model_selection, plot_training_map
+from minitrain.hmm_report import analyze_runs
 
 FEATS = [f'f{i}' for i in range(5)]
 
@@ -27,7 +28,7 @@ def frames(runs, truth=None, step=10):
     for i, x in enumerate(runs):
         df = pd.DataFrame(x, columns=FEATS)
         df['epoch'] = np.arange(len(df)) * step
-        if truth is not None: df['eval_accuracy'] = (truth[i] == 2).astype(float)
+        if truth is not None: df['valid_accuracy'] = (truth[i] == 2).astype(float)
         df.attrs['name'] = f'seed{i}'
         out.append(df)
     return out
@@ -134,13 +135,13 @@ def test_regression_finds_detour_state():
         states = np.r_[np.zeros(n0), np.full(n2, 2), np.ones(100 - n0 - n2)].astype(int)
         conv = n0 + n2                            # convergence when state 1 starts
         acc = (np.arange(100) >= conv).astype(float)
-        decoded.append(pd.DataFrame({'epoch': np.arange(100), 'latent_state': states, 'eval_accuracy': acc}))
+        decoded.append(pd.DataFrame({'epoch': np.arange(100), 'latent_state': states, 'valid_accuracy': acc}))
     reg = convergence_regression(decoded, metric='valid_accuracy', threshold=0.9)
     states = [d['latent_state'].to_numpy() for d in decoded]
     same = convergence_regression([d.drop(columns='latent_state') for d in decoded], states, threshold=0.9)
     assert same.r2 == reg.r2 and same.detours == reg.detours
     assert reg.r2 > 0.99 and reg.p_value < 1e-6 and reg.detours == [2]
-    assert reg.coefficients[2] > 0 and reg.convergence[next(iter(reg.convergence))] == decoded[0].eval_accuracy.argmax()
+    assert reg.coefficients[2] > 0 and reg.convergence[next(iter(reg.convergence))] == decoded[0].valid_accuracy.argmax()
 
 
 def test_dissimilarity_independent_of_state_numbering():
@@ -172,3 +173,37 @@ def test_plots_html_and_full_analysis(known, tmp_path):
     assert summary['k'] == 3 and summary['regression']['r2'] > 0.9 and (tmp_path / 'analysis' / 'training_map.html').exists()
     states = pd.read_csv(tmp_path / 'analysis' / 'states.csv')
     assert len(states) == sum(len(r) for r in runs) and set(states['latent_state']) == {0, 1, 2}
+
+
+def test_selection_states_equal_viterbi_decoding(known):
+    "fit_hmms keeps the chosen model's Viterbi paths (relabelled); they equal a fresh decode of the same runs."
+    runs, truth, _ = known
+    fs = frames(runs, truth)
+    sel = fit_hmms(fs, FEATS, ks=range(1, 6), restarts=2, n_jobs=1, seed=0, n_iter=32)
+    fresh, kept = decode(sel, fs), sel.decoded(fs)
+    for a, b in zip(fresh, kept): assert a['latent_state'].tolist() == b['latent_state'].tolist()
+    assert all((k['latent_state'] >= 0).all() for k in kept)
+    sel.k = 4                                  # looking at another K gives that K's paths
+    assert [s.tolist() for s in sel.states] == [sel.models[4].predict(x).tolist() for x in sel.data.arrays]
+
+
+def test_analysis_decodes_and_zscores_each_run_once(monkeypatch, tmp_path):
+    "analyze_runs: one Viterbi pass per run and fitted K (for the renumbering), one z-scoring, one state-distribution table."
+    import hmmlearn.hmm
+    import minitrain.hmm as hmm_module
+    import minitrain.hmm_report as report_module
+    calls = {'predict': 0, 'prepare': 0, 'dist': 0}
+    predict, prepare, dist = hmmlearn.hmm.GaussianHMM.predict, hmm_module.prepare_runs, hmm_module.state_distributions
+    def counting(name, f):
+        def g(*a, **k):
+            calls[name] += 1
+            return f(*a, **k)
+        return g
+    monkeypatch.setattr(hmmlearn.hmm.GaussianHMM, 'predict', counting('predict', predict))
+    monkeypatch.setattr(hmm_module, 'prepare_runs', counting('prepare', prepare))
+    counted_dist = counting('dist', dist)
+    monkeypatch.setattr(hmm_module, 'state_distributions', counted_dist)
+    monkeypatch.setattr(report_module, 'state_distributions', counted_dist)
+    runs, truth = sample_phase_runs(n_runs=8, seed=3)
+    a = analyze_runs(frames(runs, truth), out=tmp_path, features=FEATS, ks=range(1, 4), restarts=2, n_jobs=1)
+    assert calls == {'predict': len(a.selection.models) * len(runs), 'prepare': 1, 'dist': 1}

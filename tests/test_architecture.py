@@ -1,0 +1,57 @@
+"The shape of the package: a core that imports itself without cycles, wings that never import each other."
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).parent.parent / 'minitrain'
+CORE = {'data', 'events', 'learner', 'checkpoint', 'callbacks', 'plotting', 'progress', 'schedulers', 'models', 'parallel'}
+WINGS = {'hooks': {'hooks'}, 'probmaps': {'probmaps'},
+         'dynamics': {'weight_metrics', 'workloads', 'dynamics', 'hmm', 'hmm_plots', 'hmm_html', 'hmm_report'}}
+
+
+def imports(module: str) -> list[tuple[str, list[str]]]:
+    "(imported minitrain module, names) for every import of minitrain code in `module`, at any depth."
+    tree = ast.parse((PKG / f'{module}.py').read_text())
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module: out.append((node.module, [a.name for a in node.names]))
+            elif node.module and node.module.startswith('minitrain.'): out.append((node.module[10:], [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            out += [(a.name[10:], []) for a in node.names if a.name.startswith('minitrain.')]
+    return out
+
+
+MODULES = sorted(p.stem for p in PKG.glob('*.py') if not p.stem.startswith('_'))
+GRAPH = {m: {dep for dep, _ in imports(m)} for m in MODULES}
+
+
+def test_every_module_has_a_place():
+    placed = CORE.union(*WINGS.values())
+    assert set(MODULES) == placed, f"modules not in the architecture: {set(MODULES) - placed}; gone: {placed - set(MODULES)}"
+
+
+def test_no_import_cycles():
+    def reach(m, seen):
+        for d in GRAPH[m]:
+            if d not in seen: seen.add(d); reach(d, seen)
+        return seen
+    cycles = [m for m in MODULES if m in reach(m, set())]
+    assert not cycles, f"modules that import themselves through others: {cycles}"
+
+
+@pytest.mark.parametrize('module', sorted(CORE))
+def test_core_imports_only_core(module):
+    assert GRAPH[module] <= CORE, f"{module} imports {GRAPH[module] - CORE}"
+
+
+@pytest.mark.parametrize('wing', sorted(WINGS))
+def test_wings_import_the_core_and_never_each_other(wing):
+    for m in WINGS[wing]:
+        assert GRAPH[m] <= CORE | WINGS[wing], f"{m} ({wing} wing) imports {GRAPH[m] - CORE - WINGS[wing]}"
+
+
+def test_no_private_names_across_modules_and_no_star_imports():
+    bad = [(m, dep, n) for m in MODULES for dep, names in imports(m) for n in names if n.startswith('_') or n == '*']
+    assert not bad, f"private or star imports between modules: {bad}"
