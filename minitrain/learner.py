@@ -10,14 +10,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn, optim
 
-from . import checkpoint
+from .checkpoint import load_learner, save_learner
 from .events import (CANCELS, EVENTS, STEPS, Callback, CallbackError, CancelBatchException,
                               CancelEpochException, CancelFitException, NonFiniteLossError, check_event_names, with_cbs)
 from .models import model_summary
 from .schedulers import lr_find
 
 # %% auto #0
-__all__ = ['Learner', 'split_batch', 'TrainCB', 'TrainLearner', 'MomentumLearner']
+__all__ = ['NonFiniteGuard', 'Learner', 'split_batch', 'TrainCB', 'TrainLearner', 'MomentumLearner']
+
+# %% ../nbs/02_learner.ipynb #f979a930
+class NonFiniteGuard:
+    "Collect each batch's detached loss; every `every` batches and at the end of a phase, fail (or warn) on NaN/inf."
+    def __init__(self, mode: str = 'raise', every: int = 50):
+        if mode not in ('raise', 'warn', 'ignore'):
+            raise ValueError(f"on_nonfinite must be 'raise', 'warn' or 'ignore', got {mode!r}.")
+        self.mode, self.every, self.losses = mode, max(1, int(every)), []
+
+    def add(self, learn) -> None:
+        "Keep `learn.loss` (no sync); check once `every` losses are kept."
+        if self.mode == 'ignore': return
+        self.losses.append(learn.loss.detach())
+        if len(self.losses) >= self.every: self.check(learn)
+
+    def check(self, learn) -> None:
+        "Check the kept losses in one host sync and forget them."
+        losses, self.losses = self.losses, []
+        if not losses: return
+        finite = torch.isfinite(torch.stack([l.float().sum() for l in losses]))
+        if bool(finite.all()): return
+        bad = int((~finite).nonzero()[0])
+        batch = learn.iter - (len(losses) - 1 - bad)
+        phase = 'train' if learn.training else 'valid'
+        msg = (f"Non-finite loss ({losses[bad].float().sum().item()}) at epoch {learn.epoch}, {phase} batch {batch}. "
+               f"Lower the learning rate, check the inputs for NaN/inf, or pass on_nonfinite='warn' to keep going.")
+        if self.mode == 'raise': raise NonFiniteLossError(msg)
+        warnings.warn(msg, RuntimeWarning)
 
 # %% ../nbs/02_learner.ipynb #3ae13130
 def _as_list(cbs) -> list:
@@ -33,11 +61,9 @@ class Learner:
     def __init__(self, model: nn.Module, dls=(0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
                  cbs: Iterable | Callback | None = None, opt_func: Callable = optim.SGD, path: str | Path = '.',
                  on_nonfinite: str = 'raise', check_every: int = 50):
-        if on_nonfinite not in ('raise', 'warn', 'ignore'):
-            raise ValueError(f"on_nonfinite must be 'raise', 'warn' or 'ignore', got {on_nonfinite!r}.")
         self.model, self.dls, self.loss_func, self.lr, self.opt_func = model, dls, loss_func, lr, opt_func
         self.cbs, self.path = _as_list(cbs), Path(path)
-        self.on_nonfinite, self.check_every = on_nonfinite, max(1, int(check_every))
+        self.nonfinite = NonFiniteGuard(on_nonfinite, check_every)
         self.opt: optim.Optimizer | None = None
         self.epoch, self.train_steps = 0, 0
         self.n_epochs, self.epochs, self.run_valid = 0, range(0), True
@@ -45,7 +71,6 @@ class Learner:
         self.metrics = None          # the MetricsCB of the fit, set by it
         self.hparams: dict | None = None
         self._handlers: dict[str, list] = {}
-        self._recent_losses: list = []
 
     # --- dispatch: callbacks sorted once per fit, one list of bound methods per event --------------------------
     def _prepare_callbacks(self) -> None:
@@ -55,10 +80,12 @@ class Learner:
 
     def callback(self, event: str) -> None:
         "Run `event` (or a step name) on every callback that defines it, in order; failures name the callback."
-        if event not in self._handlers:
+        handlers = self._handlers.get(event)
+        if handlers is None:   # outside a fit (or an unknown name)
             if event not in EVENTS + STEPS: raise ValueError(f"'{event}' is not an event. Events: {', '.join(EVENTS)}.")
             self._prepare_callbacks()
-        for cb, method in self._handlers[event]:
+            handlers = self._handlers[event]
+        for cb, method in handlers:
             try: method(self)
             except (*CANCELS, CallbackError): raise
             except Exception as e: raise CallbackError(cb, event, e) from e
@@ -69,7 +96,7 @@ class Learner:
         self.predict()
         self.callback('after_predict')
         self.get_loss()
-        self._track_loss()
+        self.nonfinite.add(self)
         self.callback('after_loss')
         if self.training:
             self.backward()
@@ -87,13 +114,13 @@ class Learner:
             phase = 'train' if self.training else 'valid'
             raise ValueError(f"The {phase} loader yielded no batches. Check that its dataset is not empty (and that "
                              f"batch_size <= len(dataset) when drop_last=True), or fit with {phase}=False.")
-        self._check_losses()
+        self.nonfinite.check(self)
 
     def one_epoch(self, training: bool) -> None:
         "One pass over `dls.train` (training) or `dls.valid` (no gradients)."
         self.model.train(training)
         self.dl = self.dls.train if training else self.dls.valid
-        self._recent_losses = []
+        self.nonfinite.losses = []
         with torch.set_grad_enabled(training): self._one_epoch()
 
     @with_cbs('fit')
@@ -148,28 +175,9 @@ class Learner:
     def step(self) -> None: self.callback('step')
     def zero_grad(self) -> None: self.callback('zero_grad')
 
-    # --- non-finite losses: checked every `check_every` batches, one host sync, the batch still named ----------
-    def _track_loss(self) -> None:
-        if self.on_nonfinite == 'ignore': return
-        self._recent_losses.append(self.loss.detach())
-        if len(self._recent_losses) >= self.check_every: self._check_losses()
-
-    def _check_losses(self) -> None:
-        losses, self._recent_losses = self._recent_losses, []
-        if not losses: return
-        finite = torch.isfinite(torch.stack([l.float().sum() for l in losses]))
-        if bool(finite.all()): return
-        bad = int((~finite).nonzero()[0])
-        batch = self.iter - (len(losses) - 1 - bad)
-        phase = 'train' if self.training else 'valid'
-        msg = (f"Non-finite loss ({losses[bad].float().sum().item()}) at epoch {self.epoch}, {phase} batch {batch}. "
-               f"Lower the learning rate, check the inputs for NaN/inf, or pass on_nonfinite='warn' to keep going.")
-        if self.on_nonfinite == 'raise': raise NonFiniteLossError(msg)
-        warnings.warn(msg, RuntimeWarning)
-
     # --- forwarded to their own modules -----------------------------------------------------------------------
-    save = checkpoint.save_learner
-    load = checkpoint.load_learner
+    save = save_learner
+    load = load_learner
     lr_find = lr_find
 
     def summary(self, batch: Any = None):

@@ -17,6 +17,7 @@ def imports(module: str) -> list[tuple[str, list[str]]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level == 1 and node.module: out.append((node.module, [a.name for a in node.names]))
+            elif node.level == 1: out += [(a.name, []) for a in node.names]          # from . import module
             elif node.module and node.module.startswith('minitrain.'): out.append((node.module[10:], [a.name for a in node.names]))
         elif isinstance(node, ast.Import):
             out += [(a.name[10:], []) for a in node.names if a.name.startswith('minitrain.')]

@@ -274,3 +274,38 @@ def test_summary_shapes_and_params(dls):
     assert [r[0] for r in s] == ['Linear', 'ReLU', 'Linear']
     assert s[0][1:] == ((8, 4), (8, 6), 30) and s[2][1:] == ((8, 6), (8, 3), 21)
     assert 'Total parameters: 51' in repr(s)
+
+
+@pytest.mark.parametrize('step', ['predict', 'get_loss', 'backward', 'step', 'zero_grad'])
+def test_failing_step_of_a_callback_names_callback_and_step(dls, step):
+    class Steps(TrainCB): pass
+    def boom(self, learn): raise KeyError('broken')
+    setattr(Steps, step, boom)
+    with pytest.raises(CallbackError, match=rf"^Steps\.{step} raised KeyError: 'broken'") as e:
+        Learner(nn.Linear(4, 3), dls, F.cross_entropy, cbs=[Steps()]).fit(1)
+    assert e.value.event == step and isinstance(e.value.__cause__, KeyError)
+
+
+def test_shared_attributes_are_declared(dls):
+    learn = TrainLearner(nn.Linear(4, 3), dls, F.cross_entropy)
+    assert learn.metrics is None and learn.hparams is None and learn.opt is None and learn.batch is None
+    learn.fit(1)
+    assert learn.metrics is None     # no MetricsCB: still None, not missing
+    from minitrain import MetricsCB
+    m = MetricsCB()
+    learn.fit(1, cbs=[m])
+    assert learn.metrics is m
+
+
+def test_save_and_lr_find_are_the_functions_of_their_modules(dls, tmp_path):
+    from minitrain.checkpoint import load_learner, save_learner
+    from minitrain.schedulers import lr_find
+    set_seed(0)
+    a = TrainLearner(nn.Linear(4, 3), dls, F.cross_entropy, lr=0.1).fit(1)
+    save_learner(a, tmp_path / 'a.pt')
+    b = load_learner(TrainLearner(nn.Linear(4, 3), dls, F.cross_entropy, lr=0.1), tmp_path / 'a.pt')
+    assert b.epoch == 1 and torch.equal(a.model.weight, b.model.weight)
+    before = a.model.weight.clone()
+    res = lr_find(a, plot=False)
+    assert torch.equal(a.model.weight, before) and a.epoch == 1 and len(res.lrs) == len(res.losses) > 0
+    assert Learner.save is save_learner and Learner.lr_find is lr_find
