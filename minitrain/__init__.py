@@ -1,16 +1,25 @@
+"minitrain: a small, readable, fastai-style training loop on PyTorch. `from minitrain import *` gives the core and the hooks wing."
 __version__ = "0.2.0"
 
-from minitrain.data import DataLoaders, TensorLoader, digits, fashion_mnist, get_dls, collate_dict, read_idx
+from minitrain.data import (FASHION_CLASSES, DataLoaders, TensorLoader, collate_dict, digits, fashion_mnist, get_dls,
+                            inplace, read_idx)
 from minitrain.events import (EVENTS, STEPS, Callback, CallbackError, CancelBatchException, CancelEpochException,
                               CancelFitException, NonFiniteLossError, model_device, run_cbs, with_cbs)
 from minitrain.learner import Learner, MomentumLearner, TrainCB, TrainLearner
 from minitrain.checkpoint import load_learner, save_learner
-from minitrain.callbacks import (BatchTransformCB, DeviceCB, Mean, MetricsCB, MulticlassAccuracy, SingleBatchCB,
-                                 default_device, set_seed, to_cpu, to_device)
+from minitrain.callbacks import (BatchTransformCB, DeviceCB, Mean, MetricsCB, MomentumCB, MulticlassAccuracy,
+                                 SingleBatchCB, clean_mem, collate_device, def_device, default_device, set_seed, to_cpu,
+                                 to_device)
+from minitrain.plotting import get_grid, plot_func, show_image, show_images, subplots
 from minitrain.progress import ProgressCB
 from minitrain.schedulers import (BaseSchedCB, BatchSchedCB, EpochSchedCB, LRFinderCB, OneCycleCB, RecorderCB, get_lr,
                                   lr_find, plot_lr_find)
-from minitrain.models import CNN, MLP, Conv2dWithReLU, GeneralRelu, conv, init_weights, model_summary
+from minitrain.models import CNN, MLP, Conv2dWithReLU, GeneralRelu, conv, get_model, init_weights, model_summary
 from minitrain.parallel import parallel_map
 from minitrain.hooks import (ActivationStats, Hook, Hooks, HooksCallback, StoreModuleStats, StoreModuleStatsCB,
-                             lsuv_init)
+                             append_stats, get_hist, get_min, lsuv_init)
+
+# What `from minitrain import *` gives: the names above, not the submodules (a module named `data` would shadow yours).
+from types import ModuleType as _Module
+__all__ = ['__version__'] + [n for n, v in list(globals().items()) if not n.startswith('_') and not isinstance(v, _Module)
+                              and n != 'annotations']

@@ -3,17 +3,44 @@
 # %% ../nbs/04_callbacks.ipynb #f65e6eb3
 from __future__ import annotations
 import logging
+import gc
 import random
+import sys
 import warnings
 from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch.utils.data import default_collate
 
 from .events import Callback, CancelFitException, model_device
 
 logger = logging.getLogger('minitrain')
+
+class _StdoutHandler(logging.StreamHandler):
+    "Writes to whatever `sys.stdout` is when a record comes (notebooks and pytest replace it)."
+    def __init__(self): super().__init__(sys.stdout)
+    @property
+    def stream(self): return sys.stdout
+    @stream.setter
+    def stream(self, value): pass
+
+_fallback = _StdoutHandler()
+_fallback.setFormatter(logging.Formatter('%(message)s'))
+
+def show_info(message: str) -> None:
+    "Log `message` at INFO on the minitrain logger; a script that configured no logging sees it on stdout."
+    unconfigured = not logging.getLogger().handlers and not [h for h in logger.handlers if h is not _fallback]
+    if unconfigured and _fallback not in logger.handlers:
+        logger.addHandler(_fallback)
+        if logger.level == logging.NOTSET: logger.setLevel(logging.INFO)
+    elif not unconfigured and _fallback in logger.handlers: logger.removeHandler(_fallback)   # logging set up since
+    logger.info('%s', message)
+
+def format_row(row: dict) -> str:
+    "A history row as one line: `epoch=0  phase=train  loss=0.512  accuracy=0.843`."
+    return '  '.join(f'{k}={v:.3f}' if isinstance(v, float) else f'{k}={v}' for k, v in row.items())
 
 # torcheval 0.0.7 (its last release) decorates functions with the deprecated torch.jit.script at import time.
 with warnings.catch_warnings():
@@ -22,8 +49,9 @@ with warnings.catch_warnings():
     from torcheval.metrics import Mean, Metric, MulticlassAccuracy
 
 # %% auto #0
-__all__ = ['logger', 'default_device', 'to_device', 'to_cpu', 'DeviceCB', 'set_seed', 'WeightedMean', 'MetricsCB',
-           'SingleBatchCB', 'BatchTransformCB']
+__all__ = ['logger', 'def_device', 'show_info', 'format_row', 'default_device', 'to_device', 'to_cpu', 'collate_device',
+           'clean_mem', 'DeviceCB', 'set_seed', 'WeightedMean', 'MetricsCB', 'MomentumCB', 'SingleBatchCB',
+           'BatchTransformCB']
 
 # %% ../nbs/04_callbacks.ipynb #f26f88b2
 def default_device() -> torch.device:
@@ -48,6 +76,18 @@ def to_cpu(x: Any) -> Any:
     if isinstance(x, Mapping): return {k: to_cpu(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)): return type(x)(to_cpu(o) for o in x)
     return x
+
+def_device = default_device()   # miniai's name: the device chosen when minitrain was imported
+
+def collate_device(b: Any) -> Any:
+    "miniai's `collate_device`: collate a list of items, then move the batch to `def_device`."
+    return to_device(default_collate(b), def_device)
+
+def clean_mem() -> None:
+    "miniai's `clean_mem`: drop the last traceback (which holds tensors alive), collect garbage, empty the CUDA cache."
+    sys.last_traceback = sys.last_value = sys.last_type = None
+    gc.collect()
+    if torch.cuda.is_available(): torch.cuda.empty_cache()
 
 class DeviceCB(Callback):
     "Move the model to `device` before the fit and each batch to it before the batch."
@@ -98,9 +138,16 @@ class MetricsCB(Callback):
         self.loss = self.all_metrics['loss']
         self.history: list[dict] = []
         self.update_every = max(1, update_every)
-        self._log = log or (lambda row: logger.debug('%s', row))
+        self.log = log        # called with each row instead of showing it
+        self.quiet = False    # True while a ProgressCB shows the rows
+
+    def _log(self, row: dict) -> None:
+        "Show one row: `log(row)` if given, else one line on the minitrain logger (unless ProgressCB shows the rows)."
+        if self.log is not None: self.log(row)
+        elif not self.quiet: show_info(format_row(row))
 
     def before_fit(self, learn):
+        if self.new_learner(learn): self.history = []
         learn.metrics = self
         device = model_device(learn.model)
         for m in self.all_metrics.values():
@@ -140,15 +187,29 @@ class MetricsCB(Callback):
         return next((r for r in reversed(self.history) if r['phase'] == phase), None)
 
 # %% ../nbs/04_callbacks.ipynb #3b2db427
+class MomentumCB(Callback):
+    "SlowAI's momentum by gradient accumulation for any learner: each step's gradient adds `momentum` x the last one."
+    order = -5   # before other after_backward callbacks: clipping sees the accumulated gradient, as in MomentumLearner
+    def __init__(self, momentum: float = 0.85): self.momentum, self.kept = momentum, None
+    def before_fit(self, learn): self.kept = None
+    def after_backward(self, learn):
+        if self.kept is None: return
+        with torch.no_grad():
+            for p, g in zip(learn.model.parameters(), self.kept):
+                if g is not None: p.grad = g if p.grad is None else p.grad.add_(g)
+    def after_step(self, learn):
+        with torch.no_grad():
+            self.kept = [None if p.grad is None else p.grad.detach() * self.momentum for p in learn.model.parameters()]
+
 class SingleBatchCB(Callback):
     "Stop the fit after the first batch."
     order = 1
     def after_batch(self, learn): raise CancelFitException()
 
 class BatchTransformCB(Callback):
-    "Replace each batch with `tfm(batch)` in the phases asked for."
-    def __init__(self, tfm: Callable, on_train: bool = True, on_valid: bool = True):
-        self.tfm, self.on_train, self.on_valid = tfm, on_train, on_valid
+    "Replace each batch with `tfm(batch)` in the phases asked for (`on_val` is miniai's name for `on_valid`)."
+    def __init__(self, tfm: Callable, on_train: bool = True, on_valid: bool = True, on_val: bool | None = None):
+        self.tfm, self.on_train, self.on_valid = tfm, on_train, on_valid if on_val is None else on_val
     def before_batch(self, learn):
         if (self.on_train and learn.training) or (self.on_valid and not learn.training):
             learn.batch = self.tfm(learn.batch)

@@ -6,15 +6,15 @@ import gzip
 import math
 import struct
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, default_collate
 
 # %% auto #0
-__all__ = ['FASHION_FILES', 'FASHION_CLASSES', 'TensorLoader', 'collate_dict', 'get_dls', 'DataLoaders', 'digits', 'read_idx',
-           'fashion_mnist']
+__all__ = ['FASHION_FILES', 'FASHION_CLASSES', 'FASHION_DEFAULT', 'TensorLoader', 'inplace', 'collate_dict', 'get_dls',
+           'DataLoaders', 'digits', 'read_idx', 'fashion_mnist']
 
 # %% ../nbs/00_data.ipynb #3fb023b2
 class TensorLoader:
@@ -45,6 +45,13 @@ class TensorLoader:
         return self.tensors
 
 # %% ../nbs/00_data.ipynb #a57aa637
+def inplace(f: Callable) -> Callable:
+    "miniai's `inplace`: turn `f(b)`, which changes `b` in place, into a transform that returns `b`."
+    def _f(b):
+        f(b)
+        return b
+    return _f
+
 def collate_dict(batch: Sequence[Any], as_tuple: bool = True) -> Any:
     "Collate items; dictionaries become tuples of their values (in key order) when `as_tuple`."
     out = default_collate(batch)
@@ -117,10 +124,17 @@ def _find_idx(folder: Path, name: str) -> Path:
         f"standard files {', '.join(FASHION_FILES)}; minitrain never downloads, so fetch them once (e.g. with "
         f"torchvision.datasets.FashionMNIST(root, download=True)) and pass that folder.")
 
-def fashion_mnist(path: str | Path, bs: int = 256, flatten: bool = False, normalize: bool = False) -> DataLoaders:
-    "Fashion-MNIST from the standard IDX files in `path`: images as floats in [0, 1] of shape (1, 28, 28)."
-    folder = Path(path).expanduser()
-    if not folder.is_dir(): raise FileNotFoundError(f"fashion_mnist: {folder} is not a folder; pass the folder that holds the IDX files.")
+FASHION_DEFAULT = Path('~/.cache/minitrain/fashion_mnist')
+
+def fashion_mnist(path: str | Path | None = None, bs: int = 256, flatten: bool = False, normalize: bool = False) -> DataLoaders:
+    "Fashion-MNIST from the standard IDX files in `path` (default `FASHION_DEFAULT`): floats in [0, 1], shape (1, 28, 28)."
+    folder = Path(path if path is not None else FASHION_DEFAULT).expanduser()
+    if not folder.is_dir():
+        where = f"{folder} is not a folder" if path is not None else f"no path given and the default folder {folder} does not exist"
+        raise FileNotFoundError(
+            f"fashion_mnist: {where}. minitrain never downloads: put the four IDX files ({', '.join(FASHION_FILES)}, "
+            f"gzipped or not) in a folder once (e.g. with torchvision.datasets.FashionMNIST(root, download=True) on a "
+            f"machine with internet) and pass fashion_mnist(path), or copy them to {FASHION_DEFAULT}.")
     xt, yt, xv, yv = (read_idx(_find_idx(folder, n)) for n in FASHION_FILES)
     def images(a): 
         x = torch.tensor(a, dtype=torch.float32) / 255

@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.patches import FancyArrowPatch
 
 from .hmm import ModelSelection, TrainingMap, state_segments
-from .plotting import empty_plot, get_grid, subplots
+from .plotting import axes_for, empty_plot, one_axes
 
 # %% auto #0
 __all__ = ['STATE_COLORS', 'plot_model_selection', 'state_color', 'state_hex', 'map_layout', 'edge_curvature', 'edge_label',
@@ -19,7 +19,7 @@ __all__ = ['STATE_COLORS', 'plot_model_selection', 'state_color', 'state_hex', '
 # %% ../nbs/24_hmm_plots.ipynb #63492a6f
 def plot_model_selection(selection: ModelSelection, ax=None, figsize: tuple = (11, 4)):
     "Held-out BIC/AIC and log-likelihood against K, spread over restarts; `ax`: two axes. Returns the figure."
-    fig, axs = (ax[0].figure, list(ax)) if ax is not None else (lambda f, a: (f, list(a.flat)))(*subplots(1, 2, figsize=figsize))
+    fig, axs = axes_for(2, ax, figsize)
     t = selection.table[selection.table['finite']]
     s = selection.summary()
     for name, color in (('bic', 'C0'), ('aic', 'C1')):
@@ -66,8 +66,7 @@ def edge_label(e: dict) -> str:
 
 def plot_training_map(tmap: TrainingMap, ax=None, figsize: tuple | None = None, labels: bool = True):
     "The training map as a network graph (matplotlib). Returns the figure."
-    fig, axs = subplots(ax=ax, figsize=figsize or (2.4 * len(tmap.nodes) + 2, 5.5))
-    a = axs[0, 0]
+    fig, a = one_axes(ax, figsize or (2.4 * len(tmap.nodes) + 2, 5.5))
     if not tmap.nodes: return empty_plot(a, 'no states').figure
     pos = map_layout(tmap)
     max_runs = max([e['n_runs'] for e in tmap.edges.values()] or [1])
@@ -102,9 +101,7 @@ def plot_metrics_with_states(decoded: Sequence[pd.DataFrame], metrics: Sequence[
     "Metric curves of decoded runs with their latent states as coloured bands and accuracy overlaid. Returns the figure."
     chosen = [decoded[i] for i in (runs if runs is not None else range(min(4, len(decoded))))]
     n = len(chosen) * len(metrics)
-    if ax is not None: fig, axs = ax[0].figure, list(ax)
-    else: fig, axs = get_grid(n, figsize=figsize or (5 * len(metrics), 2.6 * len(chosen)), max_cols=len(metrics))
-    if len(axs) < n: raise ValueError(f"plot_metrics_with_states needs {n} axes, got {len(axs)}.")
+    fig, axs = axes_for(n, ax, figsize or (5 * len(metrics), 2.6 * len(chosen)), max_cols=len(metrics))
     states_seen = set()
     for r, run in enumerate(chosen):
         ep = run['epoch'].to_numpy()

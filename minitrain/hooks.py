@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 from .events import Callback
-from .plotting import empty_plot, get_grid, subplots
+from .plotting import axes_for, empty_plot
 
 # %% auto #0
 __all__ = ['STRIPES', 'MAX_STAGED', 'noop', 'Hook', 'Hooks', 'activation_stats', 'ActivationBuffer', 'StoreModuleStats',
-           'flush_stats', 'HooksCallback', 'StoreModuleStatsCB', 'ActivationStats', 'get_hist', 'get_min', 'lsuv_init']
+           'flush_stats', 'HooksCallback', 'StoreModuleStatsCB', 'ActivationStats', 'append_stats', 'get_hist',
+           'get_min', 'lsuv_init']
 
 # %% ../nbs/10_hooks.ipynb #22abf0c2
 def noop(x: Any = None, *args, **kwargs) -> Any:
@@ -42,9 +43,12 @@ class Hook:
     def __del__(self): self.remove()
 
 class Hooks(list):
-    "A `Hook` on each module of `ms`; a context manager that removes them all."
+    "A `Hook` on each module of `ms`; a context manager that removes them all (`del hooks[i]` removes that one)."
     def __init__(self, ms: Iterable[nn.Module], f: Callable, forward: bool = True):
         super().__init__(Hook(m, f, forward) for m in ms)
+    def __delitem__(self, i):
+        for h in (self[i] if isinstance(i, slice) else [self[i]]): h.remove()
+        super().__delitem__(i)
     def remove(self) -> None:
         for h in self: h.remove()
     def __enter__(self): return self
@@ -201,10 +205,16 @@ def flush_stats(hooks: Sequence[StoreModuleStats]) -> None:
 
 # %% ../nbs/10_hooks.ipynb #0d894941
 class HooksCallback(Callback):
-    "Attach hooks (a `Hook` subclass or a hook function) to modules for the length of each fit."
-    def __init__(self, hook_cls_or_func: Callable, mods: Iterable[nn.Module] | None = None, mod_filter: Callable = noop,
-                 on_train: bool = True, on_valid: bool = False):
-        self.hook_factory = hook_cls_or_func
+    "Attach hooks (a hook function, or a `Hook` subclass as `hook_cls`) to modules for the length of each fit."
+    def __init__(self, hookfunc: Callable | None = None, mod_filter: Callable = noop, on_train: bool = True,
+                 on_valid: bool = False, mods: Iterable[nn.Module] | None = None, hook_cls: Callable | None = None):
+        if (hookfunc is None) == (hook_cls is None):
+            raise TypeError("HooksCallback needs a hook: a function `hookfunc(hook, module, inp, out)` (miniai) or a "
+                            "Hook subclass as hook_cls= (SlowAI), not both.")
+        if isinstance(mod_filter, (nn.Module, list, tuple)):
+            raise TypeError("HooksCallback's second argument is mod_filter (miniai's order: hookfunc, mod_filter, "
+                            "on_train, on_valid, mods); pass the modules to hook as mods=...")
+        self.hook_factory = hookfunc if hook_cls is None else hook_cls
         self.mods = list(mods) if mods is not None else None
         self.mod_filter, self.on_train, self.on_valid = mod_filter, on_train, on_valid
         self.hooks: list[Hook] = []
@@ -237,13 +247,13 @@ class StoreModuleStatsCB(HooksCallback):
                  on_valid: bool = False, periodicity: int = 1, hook_kwargs: dict | None = None):
         hook_kwargs = {'on_train': on_train, 'on_valid': on_valid, 'periodicity': periodicity, **(hook_kwargs or {})}
         self.buffer = ActivationBuffer(hook_kwargs.get('bins', 40), hook_kwargs.get('hist_range', (0., 10.)))
-        super().__init__(partial(StoreModuleStats, buffer=self.buffer, **hook_kwargs), mods, mod_filter,
-                         hook_kwargs['on_train'], hook_kwargs['on_valid'])
+        super().__init__(mod_filter=mod_filter, on_train=hook_kwargs['on_train'], on_valid=hook_kwargs['on_valid'],
+                         mods=mods, hook_cls=partial(StoreModuleStats, buffer=self.buffer, **hook_kwargs))
 
     def before_fit(self, learn):
-        old = {id(h.module): h for h in self.hooks}
+        old = {} if self.new_learner(learn) else {id(h.module): h for h in self.hooks}
         super().before_fit(learn)
-        for h in self.hooks:   # a second fit continues the records of the first instead of discarding them
+        for h in self.hooks:   # a second fit of the same learner continues the records of the first
             if id(h.module) in old: h.records, h.calls = old[id(h.module)].records, old[id(h.module)].calls
 
     def after_epoch(self, learn): flush_stats(self.hooks)
@@ -262,7 +272,7 @@ class StoreModuleStatsCB(HooksCallback):
 
     def mean_std_plot(self, ax=None, figsize: tuple = (10, 4)):
         "Means and standard deviations of each layer per recorded batch; `ax`: two axes. Returns the figure."
-        fig, axs = (ax[0].figure, list(ax)) if ax is not None else (lambda f, a: (f, list(a.flat)))(*subplots(1, 2, figsize=figsize))
+        fig, axs = axes_for(2, ax, figsize)
         stats = self.stats
         if not any(len(s['mean']) for s in stats):
             for a in axs: empty_plot(a)
@@ -278,8 +288,7 @@ class StoreModuleStatsCB(HooksCallback):
     def hist_plot(self, ax=None, figsize: tuple | None = None):
         "Per layer, log(1 + histogram of |activations|) over the recorded batches; `ax`: one axes per layer."
         stats = self.stats
-        fig, axs = (ax[0].figure, list(ax)) if ax is not None else get_grid(len(stats), figsize=figsize)
-        if len(axs) < len(stats): raise ValueError(f"hist_plot needs {len(stats)} axes (one per layer), got {len(axs)}.")
+        fig, axs = axes_for(max(len(stats), 1), ax, figsize)
         lo, hi = self.hooks[0].hist_range if self.hooks else (0, 10)
         if not stats: empty_plot(axs[0])
         for a, name, s in zip(axs, self._names(), stats):
@@ -289,17 +298,17 @@ class StoreModuleStatsCB(HooksCallback):
         fig.tight_layout()
         return fig
 
-    def dead_chart(self, ax=None, figsize: tuple = (6, 4)):
-        "Share of activations in the lowest histogram bin per recorded batch, one line per layer. Returns the figure."
-        fig, axs = subplots(ax=ax, figsize=figsize)
-        a = axs[0, 0]
+    def dead_chart(self, ax=None, figsize: tuple | None = None):
+        "Per layer (one panel each, as miniai), the share of activations in the lowest bin per recorded batch."
         stats = self.stats
-        if not any(len(s['hist']) for s in stats): return empty_plot(a).figure
-        for name, s in zip(self._names(), stats):
-            h = s['hist']
-            a.plot(h[:, 0] / np.maximum(h.sum(1), 1), label=name)
-        a.set_ylim(0, 1); a.set_xlabel('recorded batch'); a.set_ylabel('share in lowest bin ("dead")')
-        a.legend(fontsize='small')
+        fig, axs = axes_for(max(len(stats), 1), ax, figsize)
+        if not stats: empty_plot(axs[0])
+        for a, name, s in zip(axs, self._names(), stats):
+            a.set_title(name)
+            if len(s['hist']) == 0: empty_plot(a); continue
+            a.plot(s['hist'][:, 0] / np.maximum(s['hist'].sum(1), 1))
+            a.set_ylim(-0.02, 1.02); a.set_xlabel('recorded batch'); a.set_ylabel('share "dead"')
+        fig.tight_layout()
         return fig
 
 class ActivationStats(StoreModuleStatsCB):
@@ -310,13 +319,26 @@ class ActivationStats(StoreModuleStatsCB):
     def color_dim(self, ax=None, figsize: tuple | None = None): return self.hist_plot(ax, figsize)
     def plot_stats(self, ax=None, figsize: tuple = (10, 4)): return self.mean_std_plot(ax, figsize)
 
-def get_hist(h: StoreModuleStats) -> torch.Tensor:
-    "miniai's `get_hist`: log(1 + histograms), bins x batches."
-    return torch.from_numpy(np.log1p(h.hists.T).copy())
+def append_stats(hook: Hook, mod: nn.Module, inp, outp) -> None:
+    "miniai's hook function: append the mean, std and |activation| histogram of `outp` to `hook.stats` (three lists)."
+    if not hasattr(hook, 'stats'): hook.stats = ([], [], [])
+    acts = _first_tensor(outp)
+    moments, hist = activation_stats(acts)   # kept as tensors on the device: no host sync per batch
+    hook.stats[0].append(moments[0]); hook.stats[1].append(moments[1]); hook.stats[2].append(hist)
 
-def get_min(h: StoreModuleStats) -> torch.Tensor:
+def _histograms(h) -> torch.Tensor:
+    "Histograms (batches x bins) of a `StoreModuleStats` hook or of a hook filled by `append_stats`."
+    if isinstance(h, StoreModuleStats): return torch.from_numpy(h.hists.copy())
+    if hasattr(h, 'stats'): return torch.stack(h.stats[2]).float().cpu() if h.stats[2] else torch.zeros(0, 40)
+    raise TypeError(f"get_hist/get_min need a StoreModuleStats hook or a hook filled by append_stats, got {type(h).__name__}.")
+
+def get_hist(h) -> torch.Tensor:
+    "miniai's `get_hist`: log(1 + histograms), bins x batches."
+    return _histograms(h).T.log1p()
+
+def get_min(h) -> torch.Tensor:
     "miniai's `get_min`: share of activations in the lowest bin per recorded batch."
-    hists = torch.from_numpy(h.hists.copy())
+    hists = _histograms(h)
     return hists[:, 0] / hists.sum(1).clamp_min(1)
 
 # %% ../nbs/10_hooks.ipynb #e75edb48

@@ -11,7 +11,7 @@ from torch import nn
 from .events import model_device
 
 # %% auto #0
-__all__ = ['GeneralRelu', 'conv', 'Conv2dWithReLU', 'CNN', 'MLP', 'init_weights', 'ModelSummary', 'model_summary']
+__all__ = ['GeneralRelu', 'conv', 'get_model', 'Conv2dWithReLU', 'CNN', 'MLP', 'init_weights', 'ModelSummary', 'model_summary']
 
 # %% ../nbs/08_models.ipynb #d3070c5c
 class GeneralRelu(nn.Module):
@@ -27,12 +27,18 @@ class GeneralRelu(nn.Module):
 
 def conv(ni: int, nf: int, ks: int = 3, stride: int = 2, act: Callable | None = nn.ReLU, norm: type | None = None,
          bias: bool | None = None) -> nn.Sequential:
-    "Convolution (padding ks//2), then an optional norm layer, then an optional activation."
+    "Convolution (padding ks//2), then an optional norm layer, then an optional activation (None or False: none)."
     if bias is None: bias = not isinstance(norm, type) or not issubclass(norm, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))
     layers = [nn.Conv2d(ni, nf, ks, stride=stride, padding=ks // 2, bias=bias)]
-    if norm is not None: layers.append(norm(nf))
-    if act is not None: layers.append(act())
+    if norm: layers.append(norm(nf))   # the course passes False for "no norm"
+    if act: layers.append(act())
     return nn.Sequential(*layers)
+
+def get_model(act: Callable = nn.ReLU, nfs: Sequence[int] | None = None, norm: type | None = None) -> nn.Sequential:
+    "miniai's `get_model`: stride-2 `conv`s through `nfs` (default 1, 8, 16, 32, 64), a last conv to 10, flatten."
+    nfs = list(nfs or (1, 8, 16, 32, 64))
+    layers = [conv(nfs[i], nfs[i + 1], act=act, norm=norm) for i in range(len(nfs) - 1)]
+    return nn.Sequential(*layers, conv(nfs[-1], 10, act=None, norm=False, bias=True), nn.Flatten())
 
 class Conv2dWithReLU(nn.Module):
     "A `nn.Conv2d` followed by `nonlinearity` (ReLU by default); conv arguments pass through."
@@ -73,7 +79,7 @@ def init_weights(m: nn.Module, leaky: float = 0.) -> None:
         nn.init.kaiming_normal_(m.weight, a=leaky)
         if m.bias is not None: nn.init.zeros_(m.bias)
 
-# %% ../nbs/08_models.ipynb #80071782
+# %% ../nbs/08_models.ipynb #fcbdf682
 class ModelSummary(list):
     "Rows of (module, input shape, output shape, parameters); shows as a table."
     def __repr__(self) -> str:

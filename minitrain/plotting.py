@@ -10,7 +10,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 # %% auto #0
-__all__ = ['grid_shape', 'subplots', 'get_grid', 'show_image', 'empty_plot', 'save_figure', 'in_notebook', 'keep_figure']
+__all__ = ['grid_shape', 'subplots', 'one_axes', 'get_grid', 'axes_for', 'show_image', 'show_images', 'plot_func', 'empty_plot',
+           'save_figure', 'in_notebook', 'keep_figure']
 
 # %% ../nbs/05_plotting.ipynb #af04b200
 def grid_shape(n: int, max_cols: int | None = None) -> tuple[int, int]:
@@ -19,35 +20,82 @@ def grid_shape(n: int, max_cols: int | None = None) -> tuple[int, int]:
     cols = math.ceil(math.sqrt(n)) if max_cols is None else min(max_cols, n)
     return math.ceil(n / cols), cols
 
-def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple | None = None, ax=None, **kwargs):
-    "A figure and an array of axes; with `ax` given, draw there instead (one plot only)."
+def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple | None = None, imsize: float = 3,
+             suptitle: str | None = None, ax=None, **kwargs):
+    "miniai's `subplots`: a figure and its axes as an array, squeezed like `plt.subplots` (0-d for one plot)."
     if ax is not None:
         if nrows * ncols != 1: raise ValueError(f"ax= takes one plot, but this figure needs {nrows}x{ncols} axes; leave ax=None.")
-        return ax.figure, np.array([[ax]])
-    fig, axs = plt.subplots(nrows, ncols, figsize=figsize, squeeze=False, **kwargs)
-    return fig, axs
+        return ax.figure, np.array(ax)
+    fig, axs = plt.subplots(nrows, ncols, figsize=figsize or (ncols * imsize, nrows * imsize), **kwargs)
+    if suptitle is not None: fig.suptitle(suptitle)
+    return fig, np.array(axs)
 
-def get_grid(n: int, figsize: tuple | None = None, title: str | None = None, max_cols: int | None = None, **kwargs):
-    "A figure with `n` axes in a grid (spare cells hidden) and the flat list of those `n` axes."
-    rows, cols = grid_shape(n, max_cols)
-    figsize = figsize or (3.2 * cols, 2.8 * rows)
-    fig, axs = subplots(rows, cols, figsize=figsize, **kwargs)
+def one_axes(ax=None, figsize: tuple | None = None):
+    "The figure and axes to draw one plot in: `ax` if given, else a new figure's."
+    if ax is not None: return ax.figure, ax
+    fig, a = plt.subplots(figsize=figsize)
+    return fig, a
+
+def _axes_array(axes: list) -> np.ndarray:
+    out = np.empty(len(axes), dtype=object)
+    out[:] = axes
+    return out
+
+def get_grid(n: int, nrows: int | None = None, ncols: int | None = None, title: str | None = None,
+             figsize: tuple | None = None, max_cols: int | None = None, imsize: float | None = None, **kwargs):
+    "A figure with `n` axes in a grid (spare cells hidden) and an array of exactly those `n` axes (`.flat` works)."
+    if nrows is not None and ncols is not None and nrows * ncols < n:
+        raise ValueError(f"get_grid: {nrows}x{ncols} axes cannot hold {n} plots; leave nrows/ncols out for a grid that can.")
+    if nrows is not None: rows, cols = nrows, ncols or math.ceil(n / nrows)
+    elif ncols is not None: rows, cols = math.ceil(n / ncols), ncols
+    else: rows, cols = grid_shape(n, max_cols)
+    figsize = figsize or ((cols * imsize, rows * imsize) if imsize else (3.2 * cols, 2.8 * rows))
+    fig, axs = plt.subplots(rows, cols, figsize=figsize, squeeze=False, **kwargs)
     flat = list(axs.flat)
     for a in flat[n:]: a.set_axis_off()
     if title: fig.suptitle(title)
-    return fig, flat[:max(n, 1)]
+    return fig, _axes_array(flat[:max(n, 1)])
 
-def show_image(im: Any, ax=None, title: str | None = None, cmap: str | None = None, **kwargs):
+def axes_for(n: int, ax=None, figsize: tuple | None = None, **grid_kwargs) -> tuple[Any, list]:
+    "The figure and `n` axes to draw in: the ones given in `ax` (checked), else a new grid's."
+    if ax is None:
+        fig, axs = get_grid(n, figsize=figsize, **grid_kwargs)
+        return fig, list(axs)
+    axs = list(np.ravel(ax)) if isinstance(ax, (list, tuple, np.ndarray)) else [ax]
+    if len(axs) < n: raise ValueError(f"this plot needs {n} axes (one per panel), got {len(axs)}; leave ax=None.")
+    return axs[0].figure, axs
+
+def show_image(im: Any, ax=None, title: str | None = None, cmap: str | None = None, figsize: tuple | None = None,
+               noframe: bool = True, **kwargs):
     "Show an image (tensor or array, channels first or last) without axes ticks; returns the axes."
     if hasattr(im, 'detach'): im = im.detach().cpu().numpy()
     im = np.asarray(im)
     if im.ndim == 3 and im.shape[0] in (1, 3, 4) and im.shape[-1] not in (1, 3, 4): im = im.transpose(1, 2, 0)
     if im.ndim == 3 and im.shape[-1] == 1: im = im[..., 0]
-    if ax is None: _, ax = plt.subplots()
+    if ax is None: _, ax = plt.subplots(figsize=figsize)
     ax.imshow(im, cmap=cmap, **kwargs)
     ax.set_xticks([]); ax.set_yticks([])
+    if noframe: ax.set_frame_on(False)
     if title: ax.set_title(title)
     return ax
+
+def show_images(ims, nrows: int | None = None, ncols: int | None = None, titles=None, **kwargs):
+    "miniai's `show_images`: each image in its own axes of a grid (with its title); returns the figure."
+    ims = list(ims)
+    fig, axs = get_grid(len(ims), nrows, ncols, **kwargs)
+    titles = list(titles or [])
+    for im, t, a in zip(ims, titles + [None] * (len(ims) - len(titles)), axs): show_image(im, ax=a, title=t)
+    return fig
+
+def plot_func(f, start: float = -5., end: float = 5., steps: int = 100, ax=None):
+    "miniai's `plot_func`: `f` over [start, end] with the axes through 0; returns the figure."
+    import torch
+    x = torch.linspace(start, end, steps)
+    fig, a = one_axes(ax)
+    a.plot(x, f(x))
+    a.grid(True, which='both', ls='--')
+    a.axhline(y=0, color='k', linewidth=0.7); a.axvline(x=0, color='k', linewidth=0.7)
+    return fig
 
 def empty_plot(ax, message: str = 'nothing recorded'):
     "Write `message` in the middle of `ax` (for plots with no data) and return the axes."

@@ -14,15 +14,16 @@ import torch
 import torch.nn.functional as F
 from matplotlib import animation
 from matplotlib.lines import Line2D
+from PIL import Image
 from torch import nn
 
 from .events import Callback, model_device
-from .plotting import get_grid, subplots
+from .plotting import get_grid, one_axes
 
 # %% auto #0
 __all__ = ['BLOB_CENTRES', 'seven_class_blobs', 'spirals', 'moons', 'grid_points', 'class_probs', 'ProbMap', 'make_map',
-           'class_colors', 'region_rgb', 'plot_map', 'map_grid', 'interpolate_maps', 'plot_maps', 'Snapshot',
-           'MapSequence', 'ProbMapCB']
+           'class_colors', 'region_rgb', 'plot_map', 'map_grid', 'interpolate_maps', 'plot_maps', 'GifWriter',
+           'Snapshot', 'MapSequence', 'ProbMapCB']
 
 # %% ../nbs/30_probmaps.ipynb #96a99f85
 BLOB_CENTRES = ((1, 1), (11, 1), (6, 5), (1, 8), (6, -1), (11, 8), (6, 10))
@@ -125,6 +126,22 @@ class ProbMap:
     @property
     def nbytes(self) -> int: return self.probs.nbytes
 
+    # A ProbMap also behaves as the array train-viz's make_map returned (its `values`), metadata kept:
+    # np.asarray(pm), plt.imshow(pm), pm.shape, pm[10:20], pm.max() all work.
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self.values if dtype is None else self.values.astype(dtype)
+    @property
+    def shape(self) -> tuple[int, int]: return self.probs.shape[:2]
+    @property
+    def ndim(self) -> int: return 2
+    @property
+    def dtype(self) -> np.dtype: return self.values.dtype
+    def __len__(self) -> int: return self.probs.shape[0]
+    def __getitem__(self, idx) -> np.ndarray: return self.values[idx]
+    def max(self, *args, **kwargs): return self.values.max(*args, **kwargs)
+    def min(self, *args, **kwargs): return self.values.min(*args, **kwargs)
+    def mean(self, *args, **kwargs): return self.values.mean(*args, **kwargs)
+
 def _n_points(lim: tuple[float, float], step: float) -> int:
     return max(2, int(round((lim[1] - lim[0]) / step)) + 1)
 
@@ -138,8 +155,8 @@ def make_map(model: nn.Module, xlim: Sequence[float], ylim: Sequence[float], map
              chunk_size: int = 65536) -> ProbMap | None:
     "train-viz's `make_map`, fixed: class probabilities of `model` over the grid, in one no-grad batched pass."
     _check_map_type(map_type)
-    if (epoch_num is None) != (epoch_freq is None):
-        raise ValueError("give both epoch_num and epoch_freq (to map every epoch_freq-th epoch), or neither.")
+    if epoch_freq is not None and epoch_num is None:
+        raise ValueError("epoch_freq needs epoch_num (to map every epoch_freq-th epoch); epoch_num alone labels the map.")
     if epoch_freq is not None and epoch_num % epoch_freq != 0: return None
     xlim, ylim = _check_limits('xlim', xlim), _check_limits('ylim', ylim)
     if square_axis_points is not None: nx = ny = int(square_axis_points)
@@ -197,8 +214,8 @@ def plot_map(pm: ProbMap, ax=None, map_type: str | None = None, colormap: str | 
     if map_type is not None:
         _check_map_type(map_type)
         pm = ProbMap(pm.probs, pm.xlim, pm.ylim, map_type, pm.epoch, pm.info)
-    fig, axs = subplots(ax=ax, figsize=figsize)
-    _draw(pm, axs[0, 0], colormap, points, class_names, legend)
+    fig, a = one_axes(ax, figsize)
+    _draw(pm, a, colormap, points, class_names, legend)
     return fig
 
 def map_grid(maps: Sequence[ProbMap], epochs: Sequence[int] | None = None, ncols: int | None = None,
@@ -214,13 +231,16 @@ def map_grid(maps: Sequence[ProbMap], epochs: Sequence[int] | None = None, ncols
     return fig
 
 # %% ../nbs/30_probmaps.ipynb #272d9def
-def _blend(a: ProbMap, b: ProbMap, t: float, kind: str) -> ProbMap:
-    pa, pb = a.probs.astype(np.float32), b.probs.astype(np.float32)
-    if kind == 'linear': p = (1 - t) * pa + t * pb
-    else:
-        logp = (1 - t) * np.log(np.maximum(pa, 1e-6)) + t * np.log(np.maximum(pb, 1e-6))
-        p = np.exp(logp - logp.max(-1, keepdims=True))
-        p /= p.sum(-1, keepdims=True)
+def _mix(pa: np.ndarray, pb: np.ndarray, t: float, kind: str) -> np.ndarray:
+    "Linear or geometric blend of two arrays (the geometric one floors at 1e-6, so zeros do not break it)."
+    pa, pb = pa.astype(np.float32), pb.astype(np.float32)
+    if kind == 'linear': return (1 - t) * pa + t * pb
+    return np.exp((1 - t) * np.log(np.maximum(pa, 1e-6)) + t * np.log(np.maximum(pb, 1e-6)))
+
+def _blend(a: ProbMap | np.ndarray, b: ProbMap | np.ndarray, t: float, kind: str) -> ProbMap | np.ndarray:
+    if not isinstance(a, ProbMap): return _mix(a, b, t, kind)   # plain arrays (train-viz's maps): blended as they are
+    p = _mix(a.probs, b.probs, t, kind)
+    if kind == 'geometric': p /= p.sum(-1, keepdims=True)        # a normalised geometric mean of probabilities
     epoch = None if a.epoch is None or b.epoch is None else a.epoch + t * (b.epoch - a.epoch)
     return ProbMap(p.astype(np.float16), a.xlim, a.ylim, a.map_type, epoch, {})
 
@@ -252,49 +272,84 @@ def interpolate_maps(maps: Sequence[ProbMap], factor: int | None, kind: str = 'l
     frames = _Frames(maps, factor, kind)
     return [frames[i] for i in range(len(frames))]
 
-def plot_maps(maps: Sequence[ProbMap], save_filepath: str | Path | None = None, interpolation_factor: int | None = None,
-              interpolation_type: str = 'linear', colormap: str | None = None, frame_interval: int = 100,
-              dpi: int = 100, figsize: tuple | None = None, dark: bool = False, map_type: str | None = None,
-              points=None, class_names: Sequence[str] | None = None) -> animation.FuncAnimation:
+def plot_maps(maps: Sequence[ProbMap | np.ndarray], save_filepath: str | Path | None = None,
+              interpolation_factor: int | None = None, interpolation_type: str = 'linear', colormap: str | None = None,
+              frame_interval: int = 10, dpi: int = 100, figsize: tuple | None = None, dark: bool = False,
+              map_type: str | None = None, points=None, class_names: Sequence[str] | None = None,
+              **writer_kwargs) -> animation.FuncAnimation:
     "Animate maps (optionally interpolated); save as .gif (Pillow) or .mp4 (ffmpeg) if asked; returns the animation."
     maps = [m for m in maps if m is not None] if isinstance(maps, list) else maps
     if len(maps) == 0: raise ValueError("plot_maps: no maps to animate.")
-    if not all(isinstance(m, ProbMap) for m in (maps[0], maps[len(maps) - 1])):
-        raise TypeError("plot_maps needs ProbMap objects (from make_map or ProbMapCB.maps()): interpolating class "
-                        "indices would invent classes, so the probabilities are needed.")
+    probmaps = isinstance(maps[0], ProbMap)
+    if not probmaps:   # plain 2-D arrays, as train-viz's make_map returned them
+        maps = [np.asarray(m, dtype=np.float32) for m in maps]
+        if any(m.ndim != 2 or m.shape != maps[0].shape for m in maps):
+            raise ValueError(f"plot_maps: plain maps must be 2-D arrays of one shape, got {sorted({m.shape for m in maps})}.")
     if map_type is not None: _check_map_type(map_type)
-    writer = None if save_filepath is None else _writer(Path(save_filepath), frame_interval)
+    exact = [*(tuple(int(round(255 * v)) for v in c) for c in class_colors(maps[0].n_classes))] if probmaps else []
+    writer = None if save_filepath is None else _writer(Path(save_filepath), frame_interval, writer_kwargs,
+                                                         exact + [(0, 0, 0), (255, 255, 255)])
     frames = _Frames(maps, interpolation_factor, interpolation_type)
     restyle = lambda m: m if map_type is None else ProbMap(m.probs, m.xlim, m.ylim, map_type, m.epoch, m.info)
-    fig, axs = subplots(figsize=figsize or (7, 5), dpi=dpi)
-    ax = axs[0, 0]
+    fig, ax = plt.subplots(figsize=figsize or (7, 5), dpi=dpi)
     if dark:
         fig.set_facecolor('black'); ax.tick_params(colors='white'); ax.title.set_color('white')
-    im = _draw(restyle(frames[0]), ax, colormap, points, class_names, legend=True)
+    if probmaps: im = _draw(restyle(frames[0]), ax, colormap, points, class_names, legend=True)
+    else:   # one colour scale for all frames (train-viz rescaled every frame, so colours meant nothing)
+        lo, hi = min(float(m.min()) for m in maps), max(float(m.max()) for m in maps)
+        im = ax.imshow(maps[0], origin='lower', cmap=colormap or 'plasma_r', vmin=lo, vmax=hi if hi > lo else lo + 1,
+                       aspect='auto', interpolation='nearest')
+        ax.set_title('frame 0')
     fig.tight_layout()
     def update(i):
-        pm = restyle(frames[i])
-        im.set_data(region_rgb(pm.probs) if pm.map_type == 'region' else pm.confidence)
-        ax.set_title(_title(pm), fontsize='medium')
+        if probmaps:
+            pm = restyle(frames[i])
+            im.set_data(region_rgb(pm.probs) if pm.map_type == 'region' else pm.confidence)
+            ax.set_title(_title(pm), fontsize='medium')
+        else:
+            im.set_data(frames[i]); ax.set_title(f'frame {i}')
         return (im,)
     anim = animation.FuncAnimation(fig, update, frames=len(frames), interval=frame_interval, blit=False,
                                    repeat=False, cache_frame_data=False)
     if writer is not None:
         Path(save_filepath).parent.mkdir(parents=True, exist_ok=True)
-        anim.save(save_filepath, writer=writer, dpi=dpi)
+        anim.save(save_filepath, writer=writer, dpi=dpi, **writer_kwargs)
     plt.close(fig)
     return anim
 
-def _writer(path: Path, frame_interval: int):
-    "Pillow for .gif, ffmpeg for .mp4 (a clear error when ffmpeg is missing)."
-    fps = 1000 / max(frame_interval, 20)   # browsers slow down GIF delays under 20 ms
+class GifWriter(animation.PillowWriter):
+    "Pillow's GIF writer with one palette for all frames, holding `exact` colours exactly (class colours stay true)."
+    def __init__(self, *args, exact: Sequence[tuple[int, int, int]] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.exact = [tuple(int(v) for v in c) for c in exact][:64]
+
+    def finish(self):
+        frames = [f.convert('RGB') for f in self._frames]
+        sample = frames[::max(1, len(frames) // 12)]              # enough frames to see every colour the film has
+        w, h = frames[0].size
+        mosaic = Image.new('RGB', (w, h * len(sample)))
+        for i, f in enumerate(sample): mosaic.paste(f, (0, h * i))
+        rest = mosaic.quantize(256 - len(self.exact), method=Image.Quantize.MEDIANCUT).getpalette()[:3 * (256 - len(self.exact))]
+        palette = Image.new('P', (1, 1))
+        palette.putpalette([v for c in self.exact for v in c] + rest)
+        out = [f.quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
+        out[0].save(self.outfile, save_all=True, append_images=out[1:], duration=int(1000 / self.fps), loop=0)
+
+_WRITER_ARGS = ('fps', 'codec', 'bitrate', 'extra_args', 'metadata')
+
+def _writer(path: Path, frame_interval: int, writer_kwargs: dict, exact_colors: Sequence = ()):
+    "GifWriter for .gif, ffmpeg for .mp4 (a clear error when ffmpeg is missing); `writer_kwargs` fps etc. are taken."
+    settings = {k: writer_kwargs.pop(k) for k in _WRITER_ARGS if k in writer_kwargs}
     suffix = path.suffix.lower()
-    if suffix == '.gif': return animation.PillowWriter(fps=fps)
+    if suffix == '.gif':
+        settings.setdefault('fps', 1000 / max(frame_interval, 20))   # browsers stretch GIF delays under 20 ms
+        return GifWriter(exact=exact_colors, **settings)
     if suffix == '.mp4':
         if not animation.writers.is_available('ffmpeg'):
             raise RuntimeError(f"Cannot write {path}: ffmpeg is not installed. Save as .gif instead (Pillow is always "
                                f"available), or install ffmpeg (e.g. apt-get install ffmpeg).")
-        return animation.FFMpegWriter(fps=fps)
+        settings.setdefault('fps', 1000 / frame_interval)
+        return animation.FFMpegWriter(**settings)
     raise ValueError(f"Cannot write {path}: use a .gif or .mp4 file name.")
 
 # %% ../nbs/30_probmaps.ipynb #1146254e

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from fastprogress import fastprogress
 
-from .callbacks import MetricsCB
+from .callbacks import MetricsCB, format_row, show_info
 from .events import Callback
-from .plotting import empty_plot, in_notebook, keep_figure, subplots
+from .plotting import empty_plot, in_notebook, keep_figure, one_axes
 
 logger = logging.getLogger('minitrain')
 
@@ -33,6 +33,8 @@ class ProgressCB(Callback):
         self.figure_path: Path | None = None
 
     def before_fit(self, learn):
+        if self.new_learner(learn): self.train_losses, self.valid_losses = [], []
+        if learn.metrics is not None: learn.metrics.quiet = True   # the rows are shown here
         self.live = live_output()
         self.mbar = None
         self._header_written = False
@@ -59,7 +61,7 @@ class ProgressCB(Callback):
 
     def _write_row(self, row: dict):
         cells = [f'{v:.3f}' if isinstance(v, float) else str(v) for v in row.values()]
-        if self.mbar is None: logger.info('  '.join(f'{k}={c}' for k, c in zip(row, cells)))
+        if self.mbar is None: show_info(format_row(row))
         else:
             if not self._header_written: self.mbar.write(list(row), table=True)
             self._header_written = True
@@ -71,6 +73,7 @@ class ProgressCB(Callback):
         self.mbar.update_graph(graphs)
 
     def cleanup_fit(self, learn):
+        if learn.metrics is not None: learn.metrics.quiet = False
         if not (self.plot and self.train_losses) or in_notebook(): return
         path = Path(self.save_path) if self.save_path else learn.path / 'loss.png'
         try:
@@ -81,8 +84,7 @@ class ProgressCB(Callback):
 
     def plot_loss(self, ax=None):
         "Training loss per batch and validation loss per epoch; returns the figure."
-        fig, axs = subplots(ax=ax, figsize=(6, 4))
-        ax = axs[0, 0]
+        fig, ax = one_axes(ax, figsize=(6, 4))
         if not self.train_losses: return empty_plot(ax).figure
         ax.plot(self.train_losses, label='train', alpha=0.8)
         if self.valid_losses: ax.plot(*zip(*self.valid_losses), 'o-', label='valid')

@@ -8,8 +8,10 @@ from typing import Any, Callable, NamedTuple
 
 from torch.optim import lr_scheduler
 
+from .callbacks import MetricsCB
 from .events import Callback, CancelEpochException, CancelFitException
-from .plotting import empty_plot, keep_figure, subplots
+from .plotting import axes_for, empty_plot, keep_figure, one_axes
+from .progress import ProgressCB
 
 # %% auto #0
 __all__ = ['BaseSchedCB', 'BatchSchedCB', 'EpochSchedCB', 'OneCycleCB', 'RecorderCB', 'get_lr', 'LRFindResult', 'LRFinderCB',
@@ -49,8 +51,8 @@ class RecorderCB(Callback):
         for k, fn in self.fns.items(): self.recs[k].append(fn(learn))
     def plot(self, ax=None):
         "One panel per recorded quantity; returns the figure."
-        fig, axs = subplots(1, len(self.fns), figsize=(4 * len(self.fns), 3)) if ax is None else subplots(ax=ax)
-        for a, (k, v) in zip(axs.flat, self.recs.items()):
+        fig, axs = axes_for(len(self.fns), ax, figsize=(4 * len(self.fns), 3), max_cols=len(self.fns))
+        for a, (k, v) in zip(axs, self.recs.items()):
             if v: a.plot(v)
             else: empty_plot(a)
             a.set_title(k)
@@ -96,11 +98,12 @@ def lr_find(learn: Any, gamma: float = 1.3, max_mult: float = 3, start_lr: float
             plot: bool = True) -> LRFindResult:
     "Grow the lr by `gamma` each batch until the loss explodes, then restore the learner; `(lrs, losses, suggestion)`."
     saved = (copy.deepcopy(learn.model.state_dict()), copy.deepcopy(learn.opt.state_dict()) if learn.opt else None,
-             learn.epoch, learn.train_steps, learn.lr)
+             learn.epoch, learn.train_steps, learn.lr, learn.metrics, learn.cbs)
     finder = LRFinderCB(gamma=gamma, max_mult=max_mult)
+    learn.cbs = [cb for cb in learn.cbs if not isinstance(cb, (MetricsCB, ProgressCB))]   # their rows are the real fit's
     try: learn.fit(max_epochs, lr=start_lr, cbs=[finder], reset_opt=True)
     finally:
-        model_state, opt_state, learn.epoch, learn.train_steps, learn.lr = saved
+        model_state, opt_state, learn.epoch, learn.train_steps, learn.lr, learn.metrics, learn.cbs = saved
         learn.model.load_state_dict(model_state)
         learn.opt = None if opt_state is None else learn.opt_func(learn.model.parameters(), learn.lr)
         if opt_state is not None: learn.opt.load_state_dict(opt_state)
@@ -110,8 +113,7 @@ def lr_find(learn: Any, gamma: float = 1.3, max_mult: float = 3, start_lr: float
 
 def plot_lr_find(result: LRFindResult, ax=None):
     "Loss against learning rate (log scale) with the suggestion marked; returns the figure."
-    fig, axs = subplots(ax=ax, figsize=(6, 4))
-    ax = axs[0, 0]
+    fig, ax = one_axes(ax, figsize=(6, 4))
     if not result.lrs: return empty_plot(ax).figure
     ax.plot(result.lrs, result.losses)
     ax.axvline(result.suggestion, color='C1', ls='--', label=f'suggestion {result.suggestion:.2g}')

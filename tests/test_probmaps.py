@@ -43,8 +43,9 @@ def test_make_map_epoch_filter_and_modes():
     model = demo_net()
     assert make_map(model, (0, 1), (0, 1), epoch_num=5, epoch_freq=2) is None
     assert make_map(model, (0, 1), (0, 1), epoch_num=4, epoch_freq=2).epoch == 4
-    with pytest.raises(ValueError, match="both epoch_num and epoch_freq"):
-        make_map(model, (0, 1), (0, 1), epoch_num=4)
+    with pytest.raises(ValueError, match="epoch_freq needs epoch_num"):
+        make_map(model, (0, 1), (0, 1), epoch_freq=4)
+    assert make_map(model, (0, 1), (0, 1), epoch_num=0).epoch == 0      # train-viz code passes epoch_num alone
     region = make_map(model, (0, 1), (0, 1), 'region', square_axis_points=8)
     assert region.values.shape == (8, 8) and region.values.dtype.kind == 'i'
     with pytest.raises(ValueError, match="map_type"):
@@ -144,9 +145,9 @@ def test_mp4_without_ffmpeg_suggests_gif(tmp_path):
         plot_maps(fake_maps(2), tmp_path / 'maps.mp4')
 
 
-def test_plot_maps_rejects_class_index_arrays():
-    with pytest.raises(TypeError, match="ProbMap"):
-        plot_maps([np.zeros((4, 4)), np.ones((4, 4))])
+def test_plot_maps_rejects_mismatched_plain_arrays():
+    with pytest.raises(ValueError, match="2-D arrays of one shape"):
+        plot_maps([np.zeros((4, 4)), np.ones((5, 4))])
 
 
 def test_static_frames():
