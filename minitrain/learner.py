@@ -19,7 +19,7 @@ from .schedulers import lr_find
 # %% auto #0
 __all__ = ['NonFiniteGuard', 'Learner', 'split_batch', 'TrainCB', 'TrainLearner', 'MomentumLearner']
 
-# %% ../nbs/02_learner.ipynb #47f052b8
+# %% ../nbs/02_learner.ipynb #167e1951
 class NonFiniteGuard:
     "Collect each batch's detached loss; every `every` batches and at the end of a phase, fail (or warn) on NaN/inf."
     def __init__(self, mode: str = 'raise', every: int = 50):

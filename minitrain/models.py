@@ -79,7 +79,7 @@ def init_weights(m: nn.Module, leaky: float = 0.) -> None:
         nn.init.kaiming_normal_(m.weight, a=leaky)
         if m.bias is not None: nn.init.zeros_(m.bias)
 
-# %% ../nbs/08_models.ipynb #fcbdf682
+# %% ../nbs/08_models.ipynb #894f028d
 class ModelSummary(list):
     "Rows of (module, input shape, output shape, parameters); shows as a table."
     def __repr__(self) -> str:

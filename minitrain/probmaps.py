@@ -388,6 +388,7 @@ class ProbMapCB(Callback):
         self.xlim = None if xlim is None else _check_limits('xlim', xlim)
         self.ylim = None if ylim is None else _check_limits('ylim', ylim)
         self.resolution, self.every, self.unit, self.data = resolution, every, unit, data
+        self._data_given = data is not None
         self.dims, self.fill, self.margin, self.store = tuple(dims), fill, margin, store
         self.snapshots: list[Snapshot] = []
         self.valid_data = None
@@ -396,6 +397,9 @@ class ProbMapCB(Callback):
 
     # --- during fit --------------------------------------------------------------------------------------
     def before_fit(self, learn):
+        if self.new_learner(learn) and self.snapshots:   # reused by a new learner: its film starts afresh
+            self.snapshots, self._grid_cache = [], {}
+            if not self._data_given: self.data = self.valid_data = None
         self.model = learn.model
         if self.data is None: self.data = _loader_tensors(learn.dls.train)
         if self.valid_data is None and hasattr(learn.dls, 'valid'): self.valid_data = _loader_tensors(learn.dls.valid)

@@ -238,3 +238,17 @@ def test_gif_frames_keep_the_class_colours(tmp_path):
         gif.seek(i)
         colours = set(np.asarray(gif.convert('RGB')).reshape(-1, 3).view([('', np.uint8)] * 3).ravel().tolist())
         assert all(w in colours for w in want), f"frame {i} lost class colours (legend) to its own palette"
+
+
+def test_probmap_callback_reused_by_a_new_learner_starts_a_new_film():
+    from minitrain.probmaps import ProbMapCB
+    x, y = seven_class_blobs(n_per_class=10)
+    dls = DataLoaders(TensorLoader(x, y, bs=16, shuffle=True), TensorLoader(x, y, bs=64))
+    cb = ProbMapCB(resolution=20)
+    net = lambda: nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 7))
+    TrainLearner(net(), dls, F.cross_entropy, lr=0.05, cbs=[cb]).fit(3)
+    assert len(cb.snapshots) == 4
+    learn = TrainLearner(net(), dls, F.cross_entropy, lr=0.05, cbs=[cb]).fit(2)
+    assert len(cb.snapshots) == 3
+    learn.fit(1)
+    assert len(cb.snapshots) == 4
