@@ -20,25 +20,72 @@ def save_learner(learn: Any, path: str | Path, with_rng: bool = True, epoch: int
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {'model': learn.model.state_dict(), 'opt': learn.opt.state_dict() if learn.opt else None,
+             'opt_type': type(learn.opt).__name__ if learn.opt else None,
              'epoch': learn.epoch if epoch is None else epoch, 'train_steps': learn.train_steps, 'lr': learn.lr}
     if with_rng:
         state['rng'] = {'torch': torch.get_rng_state(), 'python': random.getstate(), 'numpy': np.random.get_state(),
                         'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     tmp = path.with_name(path.name + '.tmp')
-    torch.save(state, tmp)
-    tmp.replace(path)   # atomic: a crash while saving never destroys the previous checkpoint
+    try:
+        torch.save(state, tmp)
+        tmp.replace(path)   # atomic: a crash while saving never destroys the previous checkpoint
+    except BaseException:
+        tmp.unlink(missing_ok=True)   # a full disk leaves no half-written file behind
+        raise
     return path
 
-def load_learner(learn: Any, path: str | Path, with_rng: bool = True) -> Any:
-    "Load what `save_learner` wrote into `learn`; training continues at the saved epoch with the saved optimizer state."
-    path = Path(path)
+# %% ../nbs/03_checkpoint.ipynb #703419d9
+def _read_checkpoint(path: Path, device: torch.device) -> dict:
     if not path.exists(): raise FileNotFoundError(f"No checkpoint at {path}: check the path given to learn.save().")
-    state = torch.load(path, map_location=model_device(learn.model), weights_only=False)
-    learn.model.load_state_dict(state['model'])
-    learn.lr = state.get('lr', learn.lr)
+    if path.is_dir(): raise IsADirectoryError(f"{path} is a folder: pass the checkpoint file that learn.save() wrote.")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes), not a checkpoint: its save was interrupted; use another checkpoint.")
+    try: state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e}): expected a file written by "
+                         f"learn.save(); this one is truncated or of another format.") from e
+    if not isinstance(state, dict) or 'model' not in state:
+        plain = isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())
+        found = f"a plain state_dict ({len(state)} tensors)" if plain else f"a {type(state).__name__}"
+        raise ValueError(f"{path} holds {found}, not a learn.save() checkpoint (a dict with 'model', 'opt', 'epoch'). "
+                         + ("Load it with learn.model.load_state_dict(torch.load(path))." if plain else ""))
+    return state
+
+def _model_problems(own: dict, saved: dict) -> list[str]:
+    problems = [f"{k} missing" for k in own if k not in saved] + [f"{k} not in this model" for k in saved if k not in own]
+    problems += [f"{k} is {tuple(saved[k].shape)} there, {tuple(v.shape)} here" for k, v in own.items()
+                 if k in saved and hasattr(saved[k], 'shape') and saved[k].shape != v.shape]
+    return problems
+
+def _opt_problems(opt: torch.optim.Optimizer, saved: dict, saved_type: str | None) -> list[str]:
+    if saved_type is not None and saved_type != type(opt).__name__:
+        return [f"saved with {saved_type}, this learner uses {type(opt).__name__}"]
+    groups = saved.get('param_groups', [])
+    if len(groups) != len(opt.param_groups):
+        return [f"{len(groups)} parameter groups there, {len(opt.param_groups)} here"]
+    problems = []
+    for i, (g, own) in enumerate(zip(groups, opt.param_groups)):
+        if len(g['params']) != len(own['params']): problems.append(f"group {i} has {len(g['params'])} tensors there, {len(own['params'])} here")
+        if set(g) != set(own): problems.append(f"group {i} options {sorted(set(g) - {'params'})} there, {sorted(set(own) - {'params'})} here")
+    return problems
+
+def load_learner(learn: Any, path: str | Path, with_rng: bool = True) -> Any:
+    "Load what `save_learner` wrote into `learn` (checked first: nothing changes if it does not fit); training goes on."
+    path = Path(path)
+    state = _read_checkpoint(path, model_device(learn.model))
+    problems = _model_problems(learn.model.state_dict(), state['model'])
+    if problems: raise ValueError(f"{path} was saved from another model: {'; '.join(problems[:6])}. Load it into a model "
+                                  f"with the same layers and sizes.")
+    lr = state.get('lr', learn.lr)
+    opt = learn.opt
     if state.get('opt') is not None:
-        if learn.opt is None: learn.opt = learn.opt_func(learn.model.parameters(), learn.lr)
-        learn.opt.load_state_dict(state['opt'])
+        opt = opt if opt is not None else learn.opt_func(learn.model.parameters(), lr)
+        problems = _opt_problems(opt, state['opt'], state.get('opt_type'))
+        if problems: raise ValueError(f"{path} holds another optimizer's state: {'; '.join(problems)}. Build the learner "
+                                      f"with the opt_func the checkpoint was saved with.")
+    learn.model.load_state_dict(state['model'])
+    if state.get('opt') is not None: opt.load_state_dict(state['opt'])
+    learn.opt, learn.lr = opt, lr
     learn.epoch, learn.train_steps = state['epoch'], state.get('train_steps', 0)
     rng = state.get('rng')
     if with_rng and rng:

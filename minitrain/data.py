@@ -10,11 +10,11 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 # %% auto #0
 __all__ = ['FASHION_FILES', 'FASHION_CLASSES', 'FASHION_DEFAULT', 'TensorLoader', 'inplace', 'collate_dict', 'get_dls',
-           'DataLoaders', 'digits', 'read_idx', 'fashion_mnist']
+           'check_loader', 'DataLoaders', 'digits', 'read_idx', 'fashion_mnist']
 
 # %% ../nbs/00_data.ipynb #3fb023b2
 class TensorLoader:
@@ -62,10 +62,17 @@ def get_dls(train_ds, valid_ds, bs: int, **kwargs) -> tuple[DataLoader, DataLoad
     return (DataLoader(train_ds, batch_size=bs, shuffle=True, **kwargs),
             DataLoader(valid_ds, batch_size=bs * 2, **kwargs))
 
+def check_loader(dl: Any, name: str) -> None:
+    "Refuse a dataset where a loader (an iterable of batches) belongs, saying how to wrap it."
+    if isinstance(dl, Dataset):
+        raise TypeError(f"{name} is a dataset ({type(dl).__name__}), not a loader: wrap it, e.g. "
+                        f"DataLoader(ds, batch_size=64), or build the loaders with DataLoaders.from_dd(...).")
+
 class DataLoaders:
     "A training and a validation loader: `dls.train`, `dls.valid`."
     def __init__(self, *dls):
         if len(dls) < 2: raise ValueError("DataLoaders needs a training and a validation loader: DataLoaders(train_dl, valid_dl).")
+        for dl, name in zip(dls, ('DataLoaders(train, ...): train', 'DataLoaders(..., valid): valid')): check_loader(dl, name)
         self.train, self.valid = dls[:2]
 
     @classmethod

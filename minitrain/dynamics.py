@@ -10,6 +10,9 @@ import math
 import os
 import platform
 import time
+import traceback
+import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -21,16 +24,16 @@ import torch
 from torch import nn
 
 from .callbacks import set_seed
-from .events import Callback
+from .events import Callback, CancelFitException
 from .learner import Learner
 from .parallel import parallel_map
-from .weight_metrics import DEFAULT_EXCLUDE, weight_metrics
+from .weight_metrics import DEFAULT_EXCLUDE, EXTRA_METRICS, PAPER_METRICS, weight_metrics
 
 logger = logging.getLogger('minitrain')
 
 # %% auto #0
 __all__ = ['logger', 'LOSS_COLUMNS', 'ALIASES', 'ORIGINAL_NAMES', 'RunFolder', 'describe_run', 'TrainingDynamicsCB', 'load_runs',
-           'check_same_hparams', 'run_seeds']
+           'check_same_hparams', 'SeedsFailedError', 'run_seeds']
 
 # %% ../nbs/22_dynamics.ipynb #d3e9f43e
 LOSS_COLUMNS = ('train_loss', 'valid_loss', 'train_accuracy', 'valid_accuracy')
@@ -40,8 +43,18 @@ ORIGINAL_NAMES = ALIASES   # the name before 0.2, kept for one release: use ALIA
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+def _drop_torn_line(text: str) -> tuple[str, str | None]:
+    "`text` without a last line that has no line end (a write cut short), and that partial line (None if complete)."
+    if not text or text.endswith('\n'): return text, None
+    cut = text.rfind('\n') + 1
+    return text[:cut], text[cut:]
 
 class RunFolder:
     "A run's folder: `metrics.csv` appended row by row (flushed, synced), `run.json`, `init.pt`, `checkpoint.pt`, `.lock`."
@@ -92,6 +105,34 @@ class RunFolder:
         if meta.get('status') == 'finished' and meta.get('epochs_done', 0) >= epochs: return 'skip'
         return 'resume' if self.checkpoint.exists() else 'start'
 
+    def columns(self) -> list[str] | None:
+        "The columns of `metrics.csv` after its index column (None before the first row)."
+        if not self.csv.exists() or not self.csv.stat().st_size: return None
+        with open(self.csv, newline='') as f: header = next(csv.reader(f), None)
+        return header[1:] if header else None
+
+    def repair(self) -> None:
+        "Drop a partial last line of `metrics.csv` (a crash or a full disk while appending), saying so."
+        if not self.csv.exists(): return
+        with open(self.csv, newline='') as f: kept, torn = _drop_torn_line(f.read())   # keep the CSV's \r\n
+        if torn is None: return
+        logger.warning('%s ended in a partial line (%r...): dropped it; that checkpoint is recomputed', self.csv, torn[:40])
+        _atomic_write(self.csv, kept)
+        self._header = None
+
+    def check_same(self, columns: Sequence[str], **settings) -> None:
+        "Refuse to go on with other settings or columns than the recorded run's (its rows would not line up)."
+        recorded = self.columns()
+        if recorded is None: return
+        meta = self.meta()
+        diff = [f"{k}={meta[k]!r} there, {v!r} now" for k, v in settings.items() if k in meta and meta[k] != v]
+        if recorded != list(columns):
+            missing, new = [c for c in recorded if c not in columns], [c for c in columns if c not in recorded]
+            diff.append(f"columns {missing[:5]} recorded but not now, {new[:5]} now but not recorded" if missing or new
+                        else "the same columns in another order")
+        if diff: raise ValueError(f"{self.path} was recorded with other settings ({'; '.join(diff)}): continue it with "
+                                  "the same every, unit and hook points, or record into a new folder.")
+
     def rows(self) -> list[dict]:
         "The rows of `metrics.csv` as written (strings)."
         if not self.csv.exists(): return []
@@ -129,17 +170,23 @@ class RunFolder:
             f.flush(); os.fsync(f.fileno())
         self._n_rows += 1
 
-    def start(self, key: str, now: int, **meta) -> set[int]:
-        "Lock the folder, drop rows after `now`, mark the run 'running'; returns the keys already written."
+    def start(self, key: str, now: int, columns: Sequence[str], settings: Mapping, **meta) -> set[int]:
+        "Lock, repair, check `columns`/`settings` match, drop rows after `now`, mark 'running'; returns the keys written."
         self.lock()
+        try:
+            self.repair()
+            self.check_same(columns, **settings)
+        except BaseException:
+            self.unlock()   # refused: the folder stays exactly as it was
+            raise
         written = {int(float(r[key])) for r in self.keep_until(key, now)}
-        self.update_meta(status='running', **meta)
+        self.update_meta(status='running', reason=None, **settings, **meta)
         return written
 
-    def finish(self, finished: bool, **meta) -> None:
-        "Mark the run 'finished' or 'stopped' and release the lock."
-        self.update_meta(status='finished' if finished else 'stopped', **meta)
-        self.unlock()
+    def finish(self, status: str, reason: str | None = None, **meta) -> None:
+        "Mark the run 'finished', 'stopped' or 'failed' (with the `reason`) and release the lock."
+        try: self.update_meta(status=status, reason=reason, **meta)
+        finally: self.unlock()
 
     def save_init(self, params: Mapping[str, torch.Tensor]) -> None:
         "Keep the initial weights (once per run)."
@@ -198,6 +245,13 @@ class TrainingDynamicsCB(Callback):
     @property
     def key(self) -> str: return 'epoch' if self.unit == 'epoch' else 'step'
 
+    @property
+    def columns(self) -> list[str]:
+        "The columns of this callback's rows: keys, the weight metrics (pooled, then per hook point), the losses."
+        names = list(PAPER_METRICS + EXTRA_METRICS)
+        hps = [] if self.hookpoints is None else list(self.hookpoints)
+        return ['epoch', 'step', *(names if self.pooled else []), *[f'{hp}.{k}' for hp in hps for k in names], *LOSS_COLUMNS]
+
     def _current_key(self, learn, epochs_done: int | None = None) -> int:
         return (learn.epoch if epochs_done is None else epochs_done) if self.unit == 'epoch' else learn.train_steps
 
@@ -205,8 +259,8 @@ class TrainingDynamicsCB(Callback):
         now = self._current_key(learn)
         self._written: set[int] = set()
         if self.folder is not None:
-            self._written = self.folder.start(self.key, now, seed=self.seed, every=self.every, unit=self.unit,
-                                              target_epochs=self.target_epochs, **describe_run(learn))
+            self._written = self.folder.start(self.key, now, self.columns, {'every': self.every, 'unit': self.unit},
+                                              seed=self.seed, target_epochs=self.target_epochs, **describe_run(learn))
             self.init = self.folder.load_init()
         if self.init is None and learn.epoch == 0 and learn.train_steps == 0:
             self.init = {k: v.cpu() for k, v in _clone_params(learn.model).items()}
@@ -260,9 +314,13 @@ class TrainingDynamicsCB(Callback):
             if self.save_checkpoint and self.unit == 'epoch': learn.save(self.folder.checkpoint, epoch=epochs_done)
 
     def cleanup_fit(self, learn):
-        if self.folder is None or not self.folder.locked: return   # before_fit found the folder busy: leave it alone
-        finished = self.target_epochs is not None and learn.epoch >= self.target_epochs
-        self.folder.finish(finished, epochs_done=learn.epoch, train_steps=learn.train_steps)
+        if self.folder is None or not self.folder.locked: return   # before_fit refused the folder: leave it alone
+        error, reason = learn.error, None
+        if isinstance(error, KeyboardInterrupt): status, reason = 'stopped', 'interrupted (Ctrl-C)'
+        elif error is not None: status, reason = 'failed', f'{type(error).__name__}: {error}'
+        elif self.target_epochs is not None and learn.epoch >= self.target_epochs: status = 'finished'
+        else: status = 'stopped'
+        self.folder.finish(status, reason, epochs_done=learn.epoch, train_steps=learn.train_steps)
 
     def dataframe(self) -> pd.DataFrame:
         "The rows recorded in this process as a DataFrame."
@@ -270,7 +328,9 @@ class TrainingDynamicsCB(Callback):
 
 # %% ../nbs/22_dynamics.ipynb #10e3cc1b
 def _read_run_csv(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path)
+    text, torn = _drop_torn_line(path.read_text())
+    if torn is not None: warnings.warn(f"{path} ends in a partial line ({torn[:40]!r}...): it was left out.", RuntimeWarning)
+    df = pd.read_csv(io.StringIO(text))
     unnamed = [c for c in df.columns if c == '' or str(c).startswith('Unnamed')]
     df = df.drop(columns=unnamed).rename(columns=ALIASES)
     sort = 'epoch' if 'epoch' in df else 'step' if 'step' in df else None
@@ -305,11 +365,20 @@ def check_same_hparams(meta: Mapping, learn: Learner, folder: str | Path) -> Non
     if diff: raise ValueError(f"{folder} holds a run recorded with other hyper-parameters ({'; '.join(diff)}): "
                               "record into a new folder, or delete this one to start the run over.")
 
-def _run_one(make_learner: Callable[[int], Learner], seed: int, folder: str, epochs: int, cb_kwargs: dict) -> dict:
-    "Train (or resume, or skip) one seed's run; returns a short summary."
-    folder = RunFolder(folder)
+class _StopWhenFlagged(Callback):
+    "End the fit before the next epoch once the file `flag` exists (another seed failed, with on_error='stop')."
+    def __init__(self, flag: Path): self.flag = flag
+    def before_epoch(self, learn):
+        if learn.training and self.flag.exists(): raise CancelFitException()
+
+def _run_one(make_learner: Callable[[int], Learner], seed: int, folder: str, epochs: int, cb_kwargs: dict,
+             stop_flag: str | None = None) -> dict:
+    "Train (or resume, or skip) one seed's run; returns a short summary (a failure's with its traceback)."
+    folder, flag = RunFolder(folder), (Path(stop_flag) if stop_flag else None)
+    if flag is not None and flag.exists(): return {'seed': seed, 'status': 'not started', 'epochs': 0}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    learn = None
     try:
         set_seed(seed)
         learn = make_learner(seed)
@@ -318,22 +387,48 @@ def _run_one(make_learner: Callable[[int], Learner], seed: int, folder: str, epo
         if plan == 'skip': return {'seed': seed, 'status': 'skipped', 'epochs': folder.meta()['epochs_done']}
         if plan == 'resume': learn.load(folder.checkpoint)
         t = time.time()
-        cb = TrainingDynamicsCB(path=folder, seed=seed, target_epochs=epochs, **cb_kwargs)
-        learn.fit(max(0, epochs - learn.epoch), cbs=[cb])   # fit(0) only records what is missing and marks the run done
-        return {'seed': seed, 'status': 'resumed' if plan == 'resume' else 'trained', 'epochs': learn.epoch,
-                'seconds': time.time() - t}
+        cbs = [TrainingDynamicsCB(path=folder, seed=seed, target_epochs=epochs, **cb_kwargs)]
+        if flag is not None: cbs.append(_StopWhenFlagged(flag))
+        learn.fit(max(0, epochs - learn.epoch), cbs=cbs)   # fit(0) only records what is missing and marks the run done
+        status = 'stopped' if learn.epoch < epochs else 'resumed' if plan == 'resume' else 'trained'
+        return {'seed': seed, 'status': status, 'epochs': learn.epoch, 'seconds': time.time() - t}
+    except Exception as e:
+        if flag is not None: flag.touch()
+        return {'seed': seed, 'status': 'failed', 'epochs': learn.epoch if learn is not None else 0,
+                'error': f'{type(e).__name__}: {e}', 'traceback': traceback.format_exc()}
     finally: torch.set_num_threads(threads)
 
+class SeedsFailedError(RuntimeError):
+    "Some seeds of `run_seeds` failed; `failures` holds their summaries (with tracebacks), `results` every seed's."
+    def __init__(self, failures: list[dict], results: list[dict]):
+        self.failures, self.results = failures, results
+        others = ', '.join(f"seed {r['seed']} {r['status']}" for r in results if r['status'] != 'failed')
+        lines = [f"{len(failures)} of {len(results)} seeds failed ({others or 'no others'}). Fix the cause and run "
+                 f"again: finished seeds are skipped, the others resume from their last checkpoint."]
+        for f in failures: lines += [f"--- seed {f['seed']}: {f['error']}", f['traceback'].rstrip()]
+        super().__init__('\n'.join(lines))
+
+    def __reduce__(self): return type(self), (self.failures, self.results)
+
 def run_seeds(make_learner: Callable[[int], Learner], seeds: Iterable[int], path: str | Path, epochs: int,
-              n_jobs: int | None = 1, every: int = 10, unit: str = 'epoch', hookpoints=None, **cb_kwargs) -> list[dict]:
-    "Train one run per seed into `path/seed{seed}` (skip finished, resume partial), in parallel if `n_jobs > 1`."
+              n_jobs: int | None = 1, every: int = 10, unit: str = 'epoch', hookpoints=None, backend: str | None = None,
+              on_error: str = 'finish', **cb_kwargs) -> list[dict]:
+    "Train one run per seed into `path/seed{seed}` (skip finished, resume partial) on joblib's `backend` (loky)."
+    if on_error not in ('finish', 'stop'): raise ValueError(f"on_error must be 'finish' or 'stop', got {on_error!r}.")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    flag = path / f'.stop-{uuid.uuid4().hex[:8]}' if on_error == 'stop' else None   # this call's own flag
     cb_kwargs = {'every': every, 'unit': unit, 'hookpoints': hookpoints, **cb_kwargs}
-    jobs = [(make_learner, s, str(path / f'seed{s}'), epochs, cb_kwargs) for s in seeds]
+    jobs = [(make_learner, s, str(path / f'seed{s}'), epochs, cb_kwargs, flag and str(flag)) for s in seeds]
     done = []
     def report(res):
         done.append(res)
-        logger.info('run_seeds: seed %s %s (%d epochs), %d/%d done', res['seed'], res['status'], res['epochs'],
-                    len(done), len(jobs))
-    return parallel_map(_run_one, jobs, n_jobs, on_result=report, progress=True)
+        log = logger.error if res['status'] == 'failed' else logger.info
+        log('run_seeds: seed %s %s (%d epochs)%s, %d/%d done', res['seed'], res['status'], res['epochs'],
+            f": {res['error']}" if 'error' in res else '', len(done), len(jobs))
+    try: results = parallel_map(_run_one, jobs, n_jobs, on_result=report, progress=True, backend=backend)
+    finally:
+        if flag is not None: flag.unlink(missing_ok=True)
+    failures = [r for r in results if r['status'] == 'failed']
+    if failures: raise SeedsFailedError(failures, results)
+    return results

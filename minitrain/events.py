@@ -4,6 +4,7 @@
 from __future__ import annotations
 import difflib
 import functools
+import pickle
 import weakref
 from typing import Any
 
@@ -12,7 +13,8 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['EVENTS', 'STEPS', 'CANCELS', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'CallbackError',
-           'NonFiniteLossError', 'Callback', 'check_event_names', 'model_device', 'run_cbs', 'with_cbs']
+           'NonFiniteLossError', 'picklable', 'add_note', 'Callback', 'check_event_names', 'model_device',
+           'call_handlers', 'run_cbs', 'with_cbs']
 
 # %% ../nbs/01_events.ipynb #db1b41f6
 EVENTS = (
@@ -36,12 +38,28 @@ CANCELS = (CancelFitException, CancelEpochException, CancelBatchException)
 
 class CallbackError(RuntimeError):
     "An exception raised inside a callback, re-raised with the callback and event named (the original is `__cause__`)."
-    def __init__(self, callback: Any, event: str, error: BaseException):
+    def __init__(self, callback: Any, event: str, error: BaseException, message: str | None = None):
         self.callback, self.event, self.error = callback, event, error
-        super().__init__(f"{type(callback).__name__}.{event} raised {type(error).__name__}: {error}")
+        self.callback_name = callback if isinstance(callback, str) else type(callback).__name__
+        super().__init__(message or f"{self.callback_name}.{event} raised {type(error).__name__}: {error}")
+
+    def __reduce__(self):
+        # sent to another process (a worker's error): the callback may hold a model or a figure, so send its name
+        return type(self), (self.callback_name, self.event, picklable(self.error), str(self))
 
 class NonFiniteLossError(FloatingPointError):
     "The loss became NaN or infinite."
+
+def picklable(error: BaseException) -> BaseException:
+    "`error` itself if it survives pickling, else a `RuntimeError` with its type and message."
+    try: pickle.loads(pickle.dumps(error))
+    except Exception: return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
+
+def add_note(error: BaseException, note: str) -> None:
+    "Attach `note` to `error` (printed under its traceback; Python 3.10 keeps it in `__notes__`)."
+    if hasattr(error, 'add_note'): error.add_note(note)
+    else: error.__notes__ = [*getattr(error, '__notes__', []), note]
 
 # %% ../nbs/01_events.ipynb #145cbf7f
 class Callback:
@@ -68,14 +86,32 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters(), torch.empty(0)).device
 
 # %% ../nbs/01_events.ipynb #6f22733b
+def _named(cb: Any, event: str, e: Exception) -> Exception:
+    "A callback's exception as the user should see it: cancels and CallbackErrors as they are, others named."
+    if isinstance(e, (*CANCELS, CallbackError)): return e
+    err = CallbackError(cb, event, e)
+    err.__cause__ = e
+    return err
+
+def call_handlers(handlers, event: str, learn: Any = None) -> None:
+    "Call each `(callback, method)` with `learn`; in a `cleanup_` event all run, and the first error has the rest as notes."
+    if not event.startswith('cleanup_'):
+        for cb, method in handlers:
+            try: method(learn)
+            except Exception as e: raise _named(cb, event, e)
+        return
+    errors = []
+    for cb, method in handlers:
+        try: method(learn)
+        except Exception as e: errors.append(_named(cb, event, e))
+    if errors:
+        for other in errors[1:]: add_note(errors[0], f"{event} also failed: {other}")
+        raise errors[0]
+
 def run_cbs(cbs, method_nm: str, learn: Any = None) -> None:
     "Call `method_nm(learn)` on every callback in `cbs` that has it, in `order` (miniai's helper)."
-    for cb in sorted(cbs, key=lambda c: getattr(c, 'order', 0)):
-        method = getattr(cb, method_nm, None)
-        if method is None: continue
-        try: method(learn)
-        except (*CANCELS, CallbackError): raise
-        except Exception as e: raise CallbackError(cb, method_nm, e) from e
+    ordered = sorted(cbs, key=lambda c: getattr(c, 'order', 0))
+    call_handlers([(cb, getattr(cb, method_nm)) for cb in ordered if hasattr(cb, method_nm)], method_nm, learn)
 
 class with_cbs:
     "Decorator running `before_{nm}`, the function, `after_{nm}` and `cleanup_{nm}` on `self.callback` (miniai's helper)."
@@ -90,5 +126,10 @@ class with_cbs:
                 f(o, *args, **kwargs)
                 o.callback(after)
             except cancel: pass
-            finally: o.callback(cleanup)
+            except BaseException as error:   # Ctrl-C included: cleanups still run, and the error stays the error
+                if not isinstance(error, CANCELS): o.error = error   # what cleanup_ callbacks see as `learn.error`
+                try: o.callback(cleanup)
+                except Exception as e: add_note(error, f"then {cleanup} failed too: {e}")
+                raise
+            o.callback(cleanup)
         return _f

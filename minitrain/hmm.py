@@ -47,21 +47,41 @@ class PreparedRuns:
     @property
     def lengths(self) -> list[int]: return [len(a) for a in self.arrays]
 
+def _numbers(run: pd.DataFrame, name: str, feature: str) -> np.ndarray:
+    "A column as floats, or an error naming the run, the column and the first value that is not a number."
+    col = _column(run, feature)
+    values = pd.to_numeric(col, errors='coerce')
+    bad = values.isna() & col.notna() & (col.astype(str).str.lower() != 'nan')
+    if bad.any():
+        row = bad.to_numpy().argmax()
+        raise ValueError(f"run '{name}', column '{feature}': {col.iloc[row]!r} (row {row}) is not a number. Fix or "
+                         f"delete that row of the run's CSV.")
+    return values.to_numpy(dtype=float)
+
+def _feature_matrix(run: Any, name: str, features: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    "The run's (checkpoints, features) matrix and its epochs (or steps)."
+    if isinstance(run, pd.DataFrame):
+        x = np.stack([_numbers(run, name, f) for f in features], 1) if len(run) else np.empty((0, len(features)))
+        return x, _column(run, 'epoch' if 'epoch' in run or 'step' not in run else 'step').to_numpy()
+    x = np.asarray(run, dtype=float)
+    if x.ndim != 2 or x.shape[1] != len(features):
+        raise ValueError(f"{name}: expected an array of shape (checkpoints, {len(features)}), got {x.shape}.")
+    return x, np.arange(len(x))
+
 def prepare_runs(runs: Sequence, features: Sequence[str] | None = None, first_n: int | None = None) -> PreparedRuns:
-    "Select features, cut to `first_n` rows, drop NaN runs and constant features (with warnings), z-score each run."
+    "Select features, cut to `first_n` rows, drop NaN runs, empty and constant features (with warnings), z-score each run."
     features = list(features or PAPER_METRICS)
-    raw, names, epochs, dropped_runs = [], [], [], []
-    for i, run in enumerate(runs):
-        name = _name(run, i)
-        if isinstance(run, pd.DataFrame):
-            x = np.stack([_column(run, f).to_numpy(dtype=float) for f in features], 1) if len(run) else np.empty((0, len(features)))
-            ep = _column(run, 'epoch' if 'epoch' in run or 'step' not in run else 'step').to_numpy()
-        else:
-            x = np.asarray(run, dtype=float)
-            if x.ndim != 2 or x.shape[1] != len(features):
-                raise ValueError(f"{name}: expected an array of shape (checkpoints, {len(features)}), got {x.shape}.")
-            ep = np.arange(len(x))
-        if first_n is not None: x, ep = x[:first_n], ep[:first_n]
+    names = [_name(run, i) for i, run in enumerate(runs)]
+    matrices = [_feature_matrix(run, name, features) for run, name in zip(runs, names)]
+    if first_n is not None: matrices = [(x[:first_n], ep[:first_n]) for x, ep in matrices]
+    empty = [f for j, f in enumerate(features) if matrices and not any(np.isfinite(x[:, j]).any() for x, _ in matrices)]
+    if empty and len(empty) < len(features):
+        warnings.warn(f"features {empty} have no values in any run (NaN everywhere): dropped.", RuntimeWarning)
+        keep = [j for j, f in enumerate(features) if f not in empty]
+        matrices = [(x[:, keep], ep) for x, ep in matrices]
+        features = [features[j] for j in keep]
+    raw, kept_names, epochs, dropped_runs = [], [], [], []
+    for name, (x, ep) in zip(names, matrices):
         bad = ~np.isfinite(x).all(1)
         if bad.any():
             cols = [features[j] for j in np.where(~np.isfinite(x).all(0))[0]]
@@ -73,7 +93,7 @@ def prepare_runs(runs: Sequence, features: Sequence[str] | None = None, first_n:
             warnings.warn(f"run '{name}' has fewer than 2 checkpoints: left out.", RuntimeWarning)
             dropped_runs.append(name)
             continue
-        raw.append(x); names.append(name); epochs.append(ep)
+        raw.append(x); kept_names.append(name); epochs.append(ep)
     if not raw: raise ValueError("no usable runs: every run was empty or had NaN/inf in the chosen features.")
     constant = sorted({features[j] for x in raw for j in np.where(x.std(0) < 1e-12)[0]})
     if constant:
@@ -84,7 +104,7 @@ def prepare_runs(runs: Sequence, features: Sequence[str] | None = None, first_n:
         raw = [x[:, keep] for x in raw]
         features = [features[j] for j in keep]
     arrays = [(x - x.mean(0)) / x.std(0) for x in raw]
-    return PreparedRuns(arrays, names, features, epochs, dropped_runs, constant)
+    return PreparedRuns(arrays, kept_names, features, epochs, dropped_runs, constant)
 
 # %% ../nbs/23_hmm.ipynb #b50adf22
 def n_hmm_params(k: int, d: int, covariance_type: str) -> int:
@@ -187,8 +207,8 @@ def _choose(summary: pd.DataFrame, criterion: str) -> int:
 def fit_hmms(runs: Sequence, features: Sequence[str] | None = None, ks: Iterable[int] = range(1, 9), restarts: int = 5,
              covariance_type: str = 'full', test_frac: float = 0.2, first_n: int | None = None, seed: int = 0,
              n_jobs: int | None = None, n_iter: int = 100, tol: float = 1e-2, init: str = 'sticky', stay: float = 0.95,
-             min_covar: float = 1e-3, criterion: str = 'bic') -> ModelSelection:
-    "Fit Gaussian HMMs for every K (seeded restarts, in parallel), score held-out runs, choose K by `criterion`."
+             min_covar: float = 1e-3, criterion: str = 'bic', backend: str | None = None) -> ModelSelection:
+    "Fit Gaussian HMMs for every K (seeded restarts, on joblib's `backend`), score held-out runs, choose K by `criterion`."
     if init not in ('sticky', 'random'): raise ValueError(f"init must be 'sticky' or 'random', got {init!r}.")
     if criterion not in ('bic', 'aic', 'loglik'): raise ValueError(f"criterion must be 'bic', 'aic' or 'loglik', got {criterion!r}.")
     data = prepare_runs(runs, features, first_n)
@@ -209,7 +229,7 @@ def fit_hmms(runs: Sequence, features: Sequence[str] | None = None, ks: Iterable
             continue
         jobs += [(train, test, k, r, seed, covariance_type, n_iter, tol, init, stay, min_covar) for r in range(restarts)]
     if not jobs: raise ValueError("no K can be fitted with this much data (see the warnings).")
-    results = parallel_map(_fit_one_limited, jobs, n_jobs)
+    results = parallel_map(_fit_one_limited, jobs, n_jobs, backend=backend)
     bad = [(r['k'], r['restart'], r['error'] or 'non-finite parameters') for r in results if r['model'] is None]
     if bad: warnings.warn(f"{len(bad)} fit(s) failed or had non-finite parameters and were excluded: {bad[:8]}. "
                           f"Raising min_covar (now {min_covar}) usually helps.", RuntimeWarning)

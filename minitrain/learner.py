@@ -2,6 +2,8 @@
 
 # %% ../nbs/02_learner.ipynb #22d2ea95
 from __future__ import annotations
+import math
+import numbers
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -11,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn, optim
 
 from .checkpoint import load_learner, save_learner
-from .events import (CANCELS, EVENTS, STEPS, Callback, CallbackError, CancelBatchException,
-                              CancelEpochException, CancelFitException, NonFiniteLossError, check_event_names, with_cbs)
+from .data import check_loader
+from .events import EVENTS, STEPS, Callback, NonFiniteLossError, call_handlers, check_event_names, with_cbs
 from .models import model_summary
 from .schedulers import lr_find
 
@@ -25,22 +27,23 @@ class NonFiniteGuard:
     def __init__(self, mode: str = 'raise', every: int = 50):
         if mode not in ('raise', 'warn', 'ignore'):
             raise ValueError(f"on_nonfinite must be 'raise', 'warn' or 'ignore', got {mode!r}.")
-        self.mode, self.every, self.losses = mode, max(1, int(every)), []
+        self.mode, self.every, self.losses, self.iters = mode, max(1, int(every)), [], []
 
     def add(self, learn) -> None:
         "Keep `learn.loss` (no sync); check once `every` losses are kept."
         if self.mode == 'ignore': return
         self.losses.append(learn.loss.detach())
+        self.iters.append(learn.iter)   # a cancelled batch adds no loss, so batches are counted here
         if len(self.losses) >= self.every: self.check(learn)
 
     def check(self, learn) -> None:
         "Check the kept losses in one host sync and forget them."
-        losses, self.losses = self.losses, []
+        losses, iters, self.losses, self.iters = self.losses, self.iters, [], []
         if not losses: return
         finite = torch.isfinite(torch.stack([l.float().sum() for l in losses]))
         if bool(finite.all()): return
         bad = int((~finite).nonzero()[0])
-        batch = learn.iter - (len(losses) - 1 - bad)
+        batch = iters[bad]
         phase = 'train' if learn.training else 'valid'
         msg = (f"Non-finite loss ({losses[bad].float().sum().item()}) at epoch {learn.epoch}, {phase} batch {batch}. "
                f"Lower the learning rate, check the inputs for NaN/inf, or pass on_nonfinite='warn' to keep going.")
@@ -53,6 +56,23 @@ def _as_list(cbs) -> list:
     if cbs is None: return []
     return [cbs] if isinstance(cbs, Callback) or not isinstance(cbs, Iterable) else list(cbs)
 
+def _check_epochs(n: Any) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"fit(n_epochs) takes a whole number of epochs >= 0, got {n!r}: e.g. fit(3).")
+
+def _check_lr(lr: Any, where: str) -> None:
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"{where}: the learning rate must be a number >= 0, got {lr!r}: e.g. lr=0.1, or run lr_find().")
+
+def _check_dls(dls: Any, train: bool, valid: bool) -> None:
+    for phase, wanted in (('train', train), ('valid', valid)):
+        if not wanted: continue
+        dl = getattr(dls, phase, None)
+        if dl is None:
+            raise TypeError(f"dls must have .train and .valid loaders (a DataLoaders), got {type(dls).__name__}: "
+                            f"use DataLoaders(train_dl, valid_dl), or fit({phase}=False).")
+        check_loader(dl, f"dls.{phase}")
+
 def _set_lr(opt: optim.Optimizer, lr: float) -> None:
     for g in opt.param_groups: g['lr'] = lr
 
@@ -61,6 +81,7 @@ class Learner:
     def __init__(self, model: nn.Module, dls=(0,), loss_func: Callable = F.mse_loss, lr: float | None = 0.1,
                  cbs: Iterable | Callback | None = None, opt_func: Callable = optim.SGD, path: str | Path = '.',
                  on_nonfinite: str = 'raise', check_every: int = 50):
+        if lr is not None: _check_lr(lr, 'Learner(lr=...)')
         self.model, self.dls, self.loss_func, self.lr, self.opt_func = model, dls, loss_func, lr, opt_func
         self.cbs, self.path = _as_list(cbs), Path(path)
         self.nonfinite = NonFiniteGuard(on_nonfinite, check_every)
@@ -70,6 +91,7 @@ class Learner:
         self.dl = self.iter = self.batch = self.preds = self.loss = None
         self.metrics = None          # the MetricsCB of the fit, set by it
         self.hparams: dict | None = None
+        self.error: BaseException | None = None
         self._handlers: dict[str, list] = {}
 
     # --- dispatch: callbacks sorted once per fit, one list of bound methods per event --------------------------
@@ -85,10 +107,7 @@ class Learner:
             if event not in EVENTS + STEPS: raise ValueError(f"'{event}' is not an event. Events: {', '.join(EVENTS)}.")
             self._prepare_callbacks()
             handlers = self._handlers[event]
-        for cb, method in handlers:
-            try: method(self)
-            except (*CANCELS, CallbackError): raise
-            except Exception as e: raise CallbackError(cb, event, e) from e
+        call_handlers(handlers, event, self)
 
     # --- the loop --------------------------------------------------------------------------------------------
     @with_cbs('batch')
@@ -120,7 +139,7 @@ class Learner:
         "One pass over `dls.train` (training) or `dls.valid` (no gradients)."
         self.model.train(training)
         self.dl = self.dls.train if training else self.dls.valid
-        self.nonfinite.losses = []
+        self.nonfinite.losses, self.nonfinite.iters = [], []
         with torch.set_grad_enabled(training): self._one_epoch()
 
     @with_cbs('fit')
@@ -134,6 +153,9 @@ class Learner:
     def fit(self, n_epochs: int = 1, train: bool = True, valid: bool = True, cbs: Iterable | Callback | None = None,
             lr: float | None = None, reset_opt: bool = False) -> "Learner":
         "Train `n_epochs` more epochs and return the learner; `cbs` are added for this fit only."
+        _check_epochs(n_epochs)
+        if lr is not None: _check_lr(lr, 'fit(lr=...)')
+        if train or valid: _check_dls(self.dls, train, valid)
         cbs = _as_list(cbs)
         self.cbs += cbs
         was_training = self.model.training
@@ -146,7 +168,7 @@ class Learner:
                     raise ValueError("No learning rate: pass lr to the Learner or to fit(lr=...), or run lr_find() first.")
                 self.opt = self.opt_func(self.model.parameters(), self.lr)
             elif lr is not None: _set_lr(self.opt, lr)
-            self.n_epochs, self.run_valid = n_epochs, valid
+            self.n_epochs, self.run_valid, self.error = n_epochs, valid, None
             self.epochs = range(self.epoch, self.epoch + n_epochs)
             self._fit(train, valid)
         finally:
@@ -195,20 +217,44 @@ def split_batch(batch: Any, n_inp: int = 1) -> tuple[tuple, tuple]:
     return batch[:n_inp], batch[n_inp:]
 
 def _loss_error(learn: Learner, targets: tuple, e: Exception) -> ValueError:
-    shape = lambda t: tuple(t.shape) if hasattr(t, 'shape') else type(t).__name__
     name = getattr(learn.loss_func, '__name__', type(learn.loss_func).__name__)
-    return ValueError(f"{name}(preds, targets) failed: preds have shape {shape(learn.preds)}, targets "
-                      f"{[shape(t) for t in targets]}. Check the model's last layer matches the targets "
+    return ValueError(f"{name}(preds, targets) failed: preds have shape {_shape(learn.preds)}, targets "
+                      f"{[_shape(t) for t in targets]}. Check the model's last layer matches the targets "
                       f"(e.g. cross_entropy wants (N, classes) logits and (N,) class indices). Original error: {e}")
+
+_shape = lambda t: tuple(t.shape) if hasattr(t, 'shape') else type(t).__name__
+
+def _input_error(model: nn.Module, xs: tuple, e: RuntimeError) -> ValueError:
+    first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))), None)
+    wants = ('' if first is None else f" Its first layer {first} expects inputs of shape (N, {first.in_features})."
+             if isinstance(first, nn.Linear) else f" Its first layer {first} expects {first.in_channels} channels.")
+    return ValueError(f"The model cannot take this batch: inputs have shape {[_shape(x) for x in xs]}.{wants} Reshape "
+                      f"the data (e.g. flatten images for a Linear layer) or fix the layer's size. Original error: {e}")
+
+_ELEMENTWISE_LOSSES = (F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss)
+_ELEMENTWISE_MODULES = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss)
+
+def _check_same_shape(loss_func: Callable, preds: Any, ys: tuple) -> None:
+    "Element-wise losses broadcast (N, 1) preds against (N,) targets to (N, N) and return a wrong loss: refuse."
+    if not (loss_func in _ELEMENTWISE_LOSSES or isinstance(loss_func, _ELEMENTWISE_MODULES)) or len(ys) != 1: return
+    y = ys[0]
+    if hasattr(preds, 'shape') and hasattr(y, 'shape') and preds.shape != y.shape:
+        name = getattr(loss_func, '__name__', type(loss_func).__name__)
+        raise ValueError(f"{name}: preds have shape {_shape(preds)} but targets {_shape(y)}; torch would broadcast them "
+                         f"and compute a wrong loss. Make them match, e.g. preds.squeeze(-1) or targets.view(-1, 1).")
 
 class TrainCB(Callback):
     "The five training steps as a callback (miniai style); the first `n_inp` batch elements are model inputs."
     def __init__(self, n_inp: int = 1): self.n_inp = n_inp
     def predict(self, learn):
         xs, _ = split_batch(learn.batch, self.n_inp)
-        learn.preds = learn.model(*xs)
+        try: learn.preds = learn.model(*xs)
+        except RuntimeError as e:
+            if not any(k in str(e) for k in ('shapes cannot be multiplied', 'size mismatch', 'channels', 'Expected')): raise
+            raise _input_error(learn.model, xs, e) from e
     def get_loss(self, learn):
         _, ys = split_batch(learn.batch, self.n_inp)
+        _check_same_shape(learn.loss_func, learn.preds, ys)
         try: learn.loss = learn.loss_func(learn.preds, *ys)
         except (RuntimeError, ValueError, IndexError) as e: raise _loss_error(learn, ys, e) from e
     def backward(self, learn): learn.loss.backward()

@@ -2,53 +2,46 @@
 
 # %% ../nbs/09_parallel.ipynb #169d4a40
 from __future__ import annotations
-import multiprocessing
+import contextlib
 import os
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Sequence
 
+import joblib
 from fastprogress import fastprogress
 
 from .progress import live_output
 
 # %% auto #0
-__all__ = ['SPAWN_HELP', 'parallel_map']
+__all__ = ['parallel_map']
 
 # %% ../nbs/09_parallel.ipynb #2f6269ae
-SPAWN_HELP = ("the worker processes could not start. With n_jobs > 1 they are started with Python's 'spawn' method, "
-              "which imports your main script again: put the script's code under `if __name__ == '__main__':`, or "
-              "pass n_jobs=1.")
-
-def _exit_with_parent(parent: int) -> None:
+def _watch_parent(parent: int) -> None:
     "Worker initializer: end this worker once the process that started it is gone (no orphans left writing)."
     def watch():
         while os.getppid() == parent: time.sleep(0.5)
         os._exit(1)
     threading.Thread(target=watch, daemon=True).start()
 
+def _numbered(fn: Callable, i: int, job: tuple) -> tuple[int, Any]:
+    return i, fn(*job)
+
 def parallel_map(fn: Callable, jobs: Sequence[tuple], n_jobs: int | None = 1, on_result: Callable[[Any], None] | None = None,
-                 progress: bool = False) -> list:
-    "`[fn(*job) for job in jobs]`, in `n_jobs` spawned processes (`None`: all cores); `on_result` sees each as it ends."
-    n_jobs = os.cpu_count() if n_jobs is None else n_jobs
+                 progress: bool = False, backend: str | None = None) -> list:
+    "`[fn(*job) for job in jobs]` on joblib (`backend`, default loky; `n_jobs=None`: all cores); `on_result` sees each as it ends."
     results: list = [None] * len(jobs)
-    if n_jobs <= 1 or len(jobs) <= 1:
-        order = fastprogress.progress_bar(range(len(jobs))) if progress and live_output() else range(len(jobs))
-        for i in order:
+    bar = (lambda it: fastprogress.progress_bar(it, total=len(jobs))) if progress and live_output() else (lambda it: it)
+    if backend is None and (n_jobs == 1 or len(jobs) <= 1):
+        for i in bar(range(len(jobs))):
             results[i] = fn(*jobs[i])
             if on_result: on_result(results[i])
         return results
-    ctx = multiprocessing.get_context('spawn')
-    try:
-        with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)), mp_context=ctx,
-                                 initializer=_exit_with_parent, initargs=(os.getpid(),)) as ex:
-            futures = {ex.submit(fn, *job): i for i, job in enumerate(jobs)}
-            done = as_completed(futures)
-            if progress and live_output(): done = fastprogress.progress_bar(done, total=len(futures))
-            for f in done:
-                results[futures[f]] = f.result()
-                if on_result: on_result(results[futures[f]])
-    except BrokenProcessPool as e: raise RuntimeError(SPAWN_HELP) from e
+    # our own loky workers watch this process; other backends (dask, ray) manage their workers' lives themselves
+    own = {'backend': 'loky', 'initializer': _watch_parent, 'initargs': (os.getpid(),)} if backend is None else {}
+    with joblib.parallel_config(backend=backend) if backend else contextlib.nullcontext():
+        run = joblib.Parallel(n_jobs=-1 if n_jobs is None else n_jobs, return_as='generator_unordered', **own)
+        for i, res in bar(run(joblib.delayed(_numbered)(fn, i, job) for i, job in enumerate(jobs))):
+            results[i] = res
+            if on_result: on_result(res)
     return results

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minitrain import Callback, CallbackError, DataLoaders, MetricsCB, MulticlassAccuracy, TensorLoader, TrainLearner, set_seed
-from minitrain.dynamics import LOSS_COLUMNS, RunFolder, TrainingDynamicsCB, load_runs, run_seeds
+from minitrain.dynamics import LOSS_COLUMNS, RunFolder, SeedsFailedError, TrainingDynamicsCB, load_runs, run_seeds
 from minitrain.weight_metrics import PAPER_METRICS, collect_weights, weight_metrics
 from minitrain.workloads import (GrokkingPreset, LeNet5, ResNet, SignAccuracy, Transformer, hinge_loss,
                                  make_grokking_learner, modular_addition, parity_mlp, sparse_parity)
@@ -147,7 +147,9 @@ def test_crash_and_resume_keeps_every_row_exactly_once(tmp_path):
     with pytest.raises(CallbackError):
         learn.fit(12, cbs=[cb, CrashAt(7)])
     part = load_runs(crashed / 'seed3')[0]
-    assert part['epoch'].tolist() == [0, 2, 4, 6] and json.loads((crashed / 'seed3' / 'run.json').read_text())['status'] == 'stopped'
+    meta = json.loads((crashed / 'seed3' / 'run.json').read_text())
+    assert part['epoch'].tolist() == [0, 2, 4, 6] and meta['status'] == 'failed'
+    assert meta['reason'] == "CallbackError: CrashAt.before_epoch raised KeyError: 'simulated crash'"
     res = run_seeds(partial(make_grokking_learner, preset=TINY), [3], crashed, epochs=12, every=2)
     assert res[0]['status'] == 'resumed'
     a, b = load_runs(ref)[0], load_runs(crashed)[0]
@@ -285,6 +287,6 @@ def test_run_seeds_refuses_a_folder_recorded_with_other_hparams(tmp_path):
     same = run_seeds(partial(make_grokking_learner, preset=TINY), [1], tmp_path, epochs=2, every=2)
     assert same[0]['status'] == 'skipped'
     other = GrokkingPreset(**{**TINY.__dict__, 'weight_decay': 0.5})
-    with pytest.raises(ValueError, match=r"other hyper-parameters \(weight_decay: 3.0 there, 0.5 now\)"):
+    with pytest.raises(SeedsFailedError, match=r"other hyper-parameters \(weight_decay: 3.0 there, 0.5 now\)"):
         run_seeds(partial(make_grokking_learner, preset=other), [1], tmp_path, epochs=4, every=2)
     assert load_runs(tmp_path / 'seed1')[0]['epoch'].tolist() == [0, 2]   # the recorded run is untouched
