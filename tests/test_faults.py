@@ -297,6 +297,16 @@ def test_the_nonfinite_error_names_the_right_batch_when_batches_are_cancelled(dl
         learn.fit(1)
 
 
+@pytest.mark.parametrize('loss_func', [F.mse_loss, nn.MSELoss(), F.l1_loss, nn.SmoothL1Loss()])
+def test_an_elementwise_loss_refuses_to_broadcast_preds_against_targets(loss_func):
+    x = torch.randn(32, 4)
+    flat = DataLoaders(TensorLoader(x, x.sum(1), bs=8), TensorLoader(x, x.sum(1), bs=8))   # targets (N,), preds (N, 1)
+    name = getattr(loss_func, '__name__', type(loss_func).__name__)
+    with pytest.raises(ValueError, match=rf"{name}: preds have shape \(8, 1\) but targets \(8,\); torch would broadcast"):
+        TrainLearner(nn.Linear(4, 1), flat, loss_func, lr=0.1).fit(1)
+    TrainLearner(nn.Sequential(nn.Linear(4, 1), nn.Flatten(0)), flat, loss_func, lr=0.1).fit(1)   # matched: trains
+
+
 def test_datasets_and_lists_where_loaders_belong_are_refused(dls):
     ds = TensorDataset(torch.randn(8, 4), torch.randn(8, 1))
     with pytest.raises(TypeError, match=r"train is a dataset \(TensorDataset\), not a loader: wrap it"):
