@@ -27,20 +27,28 @@ def _watch_parent(parent: int) -> None:
 def _numbered(fn: Callable, i: int, job: tuple) -> tuple[int, Any]:
     return i, fn(*job)
 
+def _other_backend(backend: str | None) -> bool:
+    "Whether jobs go to a backend other than our local loky pool: named here, or set with joblib's `parallel_config`."
+    if backend is not None: return True
+    configured, _ = joblib.parallel.get_active_backend()
+    return type(configured).__name__ != 'LokyBackend'
+
 def parallel_map(fn: Callable, jobs: Sequence[tuple], n_jobs: int | None = 1, on_result: Callable[[Any], None] | None = None,
                  progress: bool = False, backend: str | None = None) -> list:
     "`[fn(*job) for job in jobs]` on joblib (`backend`, default loky; `n_jobs=None`: all cores); `on_result` sees each as it ends."
     results: list = [None] * len(jobs)
     bar = (lambda it: fastprogress.progress_bar(it, total=len(jobs))) if progress and live_output() else (lambda it: it)
-    if backend is None and (n_jobs == 1 or len(jobs) <= 1):
+    other = _other_backend(backend)
+    if not other and (n_jobs == 1 or len(jobs) <= 1):
         for i in bar(range(len(jobs))):
             results[i] = fn(*jobs[i])
             if on_result: on_result(results[i])
         return results
     # our own loky workers watch this process; other backends (dask, ray) manage their workers' lives themselves
-    own = {'backend': 'loky', 'initializer': _watch_parent, 'initargs': (os.getpid(),)} if backend is None else {}
+    own = {} if other else {'backend': 'loky', 'initializer': _watch_parent, 'initargs': (os.getpid(),)}
+    n = -1 if n_jobs is None or (other and n_jobs == 1) else n_jobs
     with joblib.parallel_config(backend=backend) if backend else contextlib.nullcontext():
-        run = joblib.Parallel(n_jobs=-1 if n_jobs is None else n_jobs, return_as='generator_unordered', **own)
+        run = joblib.Parallel(n_jobs=n, return_as='generator_unordered', **own)
         for i, res in bar(run(joblib.delayed(_numbered)(fn, i, job) for i, job in enumerate(jobs))):
             results[i] = res
             if on_result: on_result(res)
