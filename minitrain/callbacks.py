@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
+from .distributed import all_reduce_sum, is_main_process, world_size
 from .events import Callback, CancelFitException, model_device
 
 logger = logging.getLogger('minitrain')
@@ -47,11 +48,12 @@ with warnings.catch_warnings():
     warnings.filterwarnings('ignore', message=r'.*torch\.jit\.script.*')
     warnings.filterwarnings('ignore', category=DeprecationWarning)
     from torcheval.metrics import Mean, Metric, MulticlassAccuracy
+    from torcheval.metrics.toolkit import sync_and_compute
 
 # %% auto #0
 __all__ = ['logger', 'def_device', 'show_info', 'format_row', 'default_device', 'to_device', 'to_cpu', 'collate_device',
-           'clean_mem', 'DeviceCB', 'set_seed', 'WeightedMean', 'MetricsCB', 'MomentumCB', 'SingleBatchCB',
-           'BatchTransformCB']
+           'clean_mem', 'DeviceCB', 'set_seed', 'WeightedMean', 'compute_all_ranks', 'MetricsCB', 'MomentumCB',
+           'SingleBatchCB', 'BatchTransformCB']
 
 # %% ../nbs/04_callbacks.ipynb #f26f88b2
 def default_device() -> torch.device:
@@ -122,6 +124,16 @@ class WeightedMean:
     def to(self, device) -> "WeightedMean":
         if self.total is not None: self.total = self.total.to(device)
         return self
+    def compute_all_ranks(self) -> torch.Tensor:
+        "The mean over every rank's updates (under torchrun); `compute()` in one process."
+        if world_size() == 1: return self.compute()
+        total = self.total.double() if self.total is not None else torch.zeros((), dtype=torch.float64)
+        return all_reduce_sum(total) / all_reduce_sum(torch.tensor(self.weight, dtype=torch.float64, device=total.device))
+
+def compute_all_ranks(m: Any) -> Any:
+    "`m.compute()` over the updates of every rank (torchrun), so a metric is the whole epoch's, not one rank's share."
+    if world_size() == 1: return m.compute()
+    return m.compute_all_ranks() if isinstance(m, WeightedMean) else sync_and_compute(m)
 
 # %% ../nbs/04_callbacks.ipynb #2f4aaa63
 class MetricsCB(Callback):
@@ -178,9 +190,9 @@ class MetricsCB(Callback):
     def after_epoch(self, learn):
         self._update()
         row = {'epoch': learn.epoch, 'phase': 'train' if learn.training else 'valid'}
-        row.update({k: float(v.compute()) for k, v in self.all_metrics.items()})
+        row.update({k: float(compute_all_ranks(v)) for k, v in self.all_metrics.items()})
         self.history.append(row)
-        self._log(row)
+        if is_main_process(): self._log(row)
 
     def last(self, phase: str = 'valid') -> dict | None:
         "The latest row of `phase` ('train' or 'valid'), or None."

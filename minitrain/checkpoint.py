@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .distributed import is_main_process, unwrap_model
 from .events import model_device
 
 # %% auto #0
@@ -18,8 +19,9 @@ __all__ = ['save_learner', 'load_learner']
 def save_learner(learn: Any, path: str | Path, with_rng: bool = True, epoch: int | None = None) -> Path:
     "Save model, optimizer, epoch (default `learn.epoch`), steps, lr and the random generators (for an exact resume)."
     path = Path(path)
+    if not is_main_process(): return path   # under torchrun every rank holds the same model: rank 0 writes it
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {'model': learn.model.state_dict(), 'opt': learn.opt.state_dict() if learn.opt else None,
+    state = {'model': unwrap_model(learn.model).state_dict(), 'opt': learn.opt.state_dict() if learn.opt else None,
              'opt_type': type(learn.opt).__name__ if learn.opt else None,
              'epoch': learn.epoch if epoch is None else epoch, 'train_steps': learn.train_steps, 'lr': learn.lr}
     if with_rng:
@@ -34,7 +36,7 @@ def save_learner(learn: Any, path: str | Path, with_rng: bool = True, epoch: int
         raise
     return path
 
-# %% ../nbs/03_checkpoint.ipynb #c9574b2d
+# %% ../nbs/03_checkpoint.ipynb #b349f6af
 def _read_checkpoint(path: Path, device: torch.device) -> dict:
     if not path.exists(): raise FileNotFoundError(f"No checkpoint at {path}: check the path given to learn.save().")
     if path.is_dir(): raise IsADirectoryError(f"{path} is a folder: pass the checkpoint file that learn.save() wrote.")
@@ -72,18 +74,19 @@ def _opt_problems(opt: torch.optim.Optimizer, saved: dict, saved_type: str | Non
 def load_learner(learn: Any, path: str | Path, with_rng: bool = True) -> Any:
     "Load what `save_learner` wrote into `learn` (checked first: nothing changes if it does not fit); training goes on."
     path = Path(path)
-    state = _read_checkpoint(path, model_device(learn.model))
-    problems = _model_problems(learn.model.state_dict(), state['model'])
+    model = unwrap_model(learn.model)
+    state = _read_checkpoint(path, model_device(model))
+    problems = _model_problems(model.state_dict(), state['model'])
     if problems: raise ValueError(f"{path} was saved from another model: {'; '.join(problems[:6])}. Load it into a model "
                                   f"with the same layers and sizes.")
     lr = state.get('lr', learn.lr)
     opt = learn.opt
     if state.get('opt') is not None:
-        opt = opt if opt is not None else learn.opt_func(learn.model.parameters(), lr)
+        opt = opt if opt is not None else learn.opt_func(model.parameters(), lr)
         problems = _opt_problems(opt, state['opt'], state.get('opt_type'))
         if problems: raise ValueError(f"{path} holds another optimizer's state: {'; '.join(problems)}. Build the learner "
                                       f"with the opt_func the checkpoint was saved with.")
-    learn.model.load_state_dict(state['model'])
+    model.load_state_dict(state['model'])
     if state.get('opt') is not None: opt.load_state_dict(state['opt'])
     learn.opt, learn.lr = opt, lr
     learn.epoch, learn.train_steps = state['epoch'], state.get('train_steps', 0)

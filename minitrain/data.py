@@ -19,20 +19,26 @@ __all__ = ['FASHION_FILES', 'FASHION_CLASSES', 'FASHION_DEFAULT', 'TensorLoader'
 # %% ../nbs/00_data.ipynb #3fb023b2
 class TensorLoader:
     "Batches of `(t[idx] for t in tensors)`, shuffled each epoch if asked; a fast stand-in for `DataLoader`."
-    def __init__(self, *tensors: torch.Tensor, bs: int = 64, shuffle: bool = False, drop_last: bool = False):
+    def __init__(self, *tensors: torch.Tensor, bs: int = 64, shuffle: bool = False, drop_last: bool = False,
+                 sampler: Sequence[int] | None = None):
         if not tensors: raise ValueError("TensorLoader needs at least one tensor, e.g. TensorLoader(x, y, bs=64).")
         n = len(tensors[0])
         for t in tensors:
             if len(t) != n:
                 raise ValueError(f"TensorLoader: all tensors need the same first dimension, got {[len(t) for t in tensors]}.")
         if bs < 1: raise ValueError(f"TensorLoader: bs must be at least 1, got {bs}.")
+        if sampler is not None and shuffle:
+            raise ValueError("TensorLoader: pass shuffle=True or a sampler, not both (a sampler does its own shuffling).")
         self.tensors, self.bs, self.shuffle, self.drop_last, self.n = tensors, bs, shuffle, drop_last, n
+        self.sampler = sampler   # the indices to draw from, in order, each epoch (e.g. a DistributedSampler)
 
     def __len__(self) -> int:
-        return self.n // self.bs if self.drop_last else math.ceil(self.n / self.bs)
+        n = self.n if self.sampler is None else len(self.sampler)
+        return n // self.bs if self.drop_last else math.ceil(n / self.bs)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         idx = torch.randperm(self.n) if self.shuffle else None
+        if self.sampler is not None: idx = torch.as_tensor(list(self.sampler), dtype=torch.long)
         for i in range(len(self)):
             if idx is None: yield tuple(t[i * self.bs:(i + 1) * self.bs] for t in self.tensors)
             else:

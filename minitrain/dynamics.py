@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .callbacks import set_seed
+from .distributed import unwrap_model
 from .events import Callback, CancelFitException
 from .learner import Learner
 from .parallel import parallel_map
@@ -213,11 +214,10 @@ def _n_items(dl: Any) -> int | None:
 def describe_run(learn: Learner) -> dict:
     "What `run.json` records about a learner: model, data, optimizer, hyper-parameters, versions."
     import minitrain
-    opt, dls = learn.opt, learn.dls
+    opt, dls, model = learn.opt, learn.dls, unwrap_model(learn.model)
     hyper = {} if opt is None else {k: v for k, v in opt.defaults.items() if isinstance(v, (int, float, str, bool, tuple, list))}
     return {
-        'model': type(learn.model).__name__, 'model_repr': repr(learn.model),
-        'n_params': sum(p.numel() for p in learn.model.parameters()),
+        'model': type(model).__name__, 'model_repr': repr(model), 'n_params': sum(p.numel() for p in model.parameters()),
         'data': {'train_batches': len(dls.train), 'valid_batches': len(dls.valid), 'train_size': _n_items(dls.train),
                  'valid_size': _n_items(dls.valid)} if hasattr(dls, 'train') else repr(dls),
         'loss_func': getattr(learn.loss_func, '__name__', type(learn.loss_func).__name__),
@@ -229,6 +229,7 @@ def describe_run(learn: Learner) -> dict:
 class TrainingDynamicsCB(Callback):
     "Weight metrics every `every` epochs/steps, one row per checkpoint, handed to the run folder `path` as they come."
     order = 10   # after MetricsCB, whose rows it reads
+    main_process_only = True   # under torchrun: one copy, on rank 0
     def __init__(self, every: int = 10, unit: str = 'epoch', hookpoints=None, path: str | Path | RunFolder | None = None,
                  include: Sequence | None = None, exclude: Sequence = DEFAULT_EXCLUDE, pooled: bool = True,
                  save_checkpoint: bool = True, seed: int | None = None, target_epochs: int | None = None,
@@ -263,9 +264,9 @@ class TrainingDynamicsCB(Callback):
                                               seed=self.seed, target_epochs=self.target_epochs, **describe_run(learn))
             self.init = self.folder.load_init()
         if self.init is None and learn.epoch == 0 and learn.train_steps == 0:
-            self.init = {k: v.cpu() for k, v in _clone_params(learn.model).items()}
+            self.init = {k: v.cpu() for k, v in _clone_params(unwrap_model(learn.model)).items()}
             if self.folder is not None: self.folder.save_init(self.init)
-        self.prev = _clone_params(learn.model) if (learn.epoch or learn.train_steps) else None
+        self.prev = _clone_params(unwrap_model(learn.model)) if (learn.epoch or learn.train_steps) else None
         if now % self.every == 0 and now not in self._written: self._checkpoint(learn, learn.epoch)
 
     def _due_at_next_step(self, learn) -> bool:
@@ -276,7 +277,8 @@ class TrainingDynamicsCB(Callback):
 
     def after_backward(self, learn):
         if self._due_at_next_step(learn):
-            self._grads = {n: p.grad.detach().clone() for n, p in learn.model.named_parameters() if p.grad is not None}
+            params = unwrap_model(learn.model).named_parameters()
+            self._grads = {n: p.grad.detach().clone() for n, p in params if p.grad is not None}
 
     def after_step(self, learn):
         if self.unit == 'step' and learn.train_steps % self.every == 0: self._checkpoint(learn, learn.epoch)
@@ -303,12 +305,12 @@ class TrainingDynamicsCB(Callback):
     def _checkpoint(self, learn, epochs_done: int):
         key = self._current_key(learn, epochs_done)
         if key in self._written: return
-        m = weight_metrics(learn.model, self.include, self.exclude, self.hookpoints, self.pooled, self.init, self.prev,
-                           self._grads if self._grads is not None else {})
+        m = weight_metrics(unwrap_model(learn.model), self.include, self.exclude, self.hookpoints, self.pooled, self.init,
+                           self.prev, self._grads if self._grads is not None else {})
         row = {'epoch': epochs_done, 'step': learn.train_steps, **m, **self._losses(learn, epochs_done)}
         self.rows.append(row)
         self._written.add(key)
-        self.prev, self._grads = _clone_params(learn.model), None
+        self.prev, self._grads = _clone_params(unwrap_model(learn.model)), None
         if self.folder is not None:
             self.folder.append(row)
             if self.save_checkpoint and self.unit == 'epoch': learn.save(self.folder.checkpoint, epoch=epochs_done)

@@ -65,6 +65,7 @@ def add_note(error: BaseException, note: str) -> None:
 class Callback:
     "Base class for callbacks: set `order` and define methods named after `EVENTS`, each taking the learner."
     order = 0
+    main_process_only = False   # True: under torchrun, runs on rank 0 only (it shows or writes, and one copy is enough)
 
     def new_learner(self, learn: Any) -> bool:
         "True when `learn` is not the learner this callback last saw: state of one learner's fits starts afresh then."

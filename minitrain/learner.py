@@ -14,6 +14,7 @@ from torch import nn, optim
 
 from .checkpoint import load_learner, save_learner
 from .data import check_loader
+from .distributed import is_main_process
 from .events import EVENTS, STEPS, Callback, NonFiniteLossError, call_handlers, check_event_names, with_cbs
 from .models import model_summary
 from .schedulers import lr_find
@@ -98,6 +99,7 @@ class Learner:
     def _prepare_callbacks(self) -> None:
         for cb in self.cbs: check_event_names(cb)
         ordered = sorted(self.cbs, key=lambda cb: getattr(cb, 'order', 0))
+        if not is_main_process(): ordered = [cb for cb in ordered if not getattr(cb, 'main_process_only', False)]
         self._handlers = {ev: [(cb, getattr(cb, ev)) for cb in ordered if hasattr(cb, ev)] for ev in EVENTS + STEPS}
 
     def callback(self, event: str) -> None:

@@ -379,6 +379,7 @@ class MapSequence(Sequence):
 class ProbMapCB(Callback):
     "Snapshot a 2-D classifier during `fit`; render class-probability maps and animations afterwards."
     order = 5
+    main_process_only = True   # under torchrun: one copy, on rank 0
     def __init__(self, xlim: Sequence[float] | None = None, ylim: Sequence[float] | None = None, resolution: int = 200,
                  every: int = 1, unit: str = 'epoch', data: tuple | None = None, dims: Sequence[int] = (0, 1),
                  fill: Sequence[float] | str | None = None, margin: float = 0.1, store: str = 'weights'):

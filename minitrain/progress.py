@@ -26,6 +26,7 @@ def live_output() -> bool:
 class ProgressCB(Callback):
     "Progress bars, the metrics table, and (`plot=True`) the loss graph: live in notebooks, a PNG in scripts."
     order = MetricsCB.order + 1
+    main_process_only = True   # under torchrun: one copy, on rank 0
     def __init__(self, plot: bool = False, every: int = 20, save_path: str | Path | None = None):
         self.plot, self.every, self.save_path = plot, every, save_path
         self.train_losses: list[float] = []

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).parent.parent / 'minitrain'
-CORE = {'data', 'events', 'learner', 'checkpoint', 'callbacks', 'plotting', 'progress', 'schedulers', 'models', 'parallel'}
+CORE = {'data', 'events', 'learner', 'checkpoint', 'callbacks', 'plotting', 'progress', 'schedulers', 'models', 'parallel',
+        'distributed'}
 WINGS = {'hooks': {'hooks'}, 'probmaps': {'probmaps'},
          'dynamics': {'weight_metrics', 'workloads', 'dynamics', 'hmm', 'hmm_plots', 'hmm_html', 'hmm_report'}}
 
