@@ -9,7 +9,7 @@ export MPLBACKEND := Agg
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,dask]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,dask,accelerate]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -6,7 +6,8 @@ from minitrain.data import (FASHION_CLASSES, DataLoaders, TensorLoader, collate_
 from minitrain.events import (EVENTS, STEPS, Callback, CallbackError, CancelBatchException, CancelEpochException,
                               CancelFitException, NonFiniteLossError, model_device, run_cbs, with_cbs)
 from minitrain.learner import Learner, MomentumLearner, TrainCB, TrainLearner
-from minitrain.distributed import DDPCB, barrier, distributed_loader, is_main_process, rank, unwrap_model, world_size
+from minitrain.distributed import (AccelerateCB, DDPCB, barrier, distributed_loader, is_main_process, rank, unwrap_model,
+                                   world_size)
 from minitrain.checkpoint import load_learner, save_learner
 from minitrain.callbacks import (BatchTransformCB, DeviceCB, Mean, MetricsCB, MomentumCB, MulticlassAccuracy,
                                  SingleBatchCB, clean_mem, collate_device, def_device, default_device, set_seed, to_cpu,

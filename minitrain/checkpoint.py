@@ -36,7 +36,7 @@ def save_learner(learn: Any, path: str | Path, with_rng: bool = True, epoch: int
         raise
     return path
 
-# %% ../nbs/03_checkpoint.ipynb #b349f6af
+# %% ../nbs/03_checkpoint.ipynb #9858409a
 def _read_checkpoint(path: Path, device: torch.device) -> dict:
     if not path.exists(): raise FileNotFoundError(f"No checkpoint at {path}: check the path given to learn.save().")
     if path.is_dir(): raise IsADirectoryError(f"{path} is a folder: pass the checkpoint file that learn.save() wrote.")

@@ -114,3 +114,37 @@ def test_ranks_share_the_data_without_overlap():
 
 def test_one_process_is_rank_0_of_1():
     assert (rank(), world_size(), is_main_process()) == (0, 1, True)
+
+
+def _linear_fit(cbs, loader='torch'):
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+    from minitrain import TrainLearner
+    torch.manual_seed(0)
+    x = torch.randn(64, 3); y = x @ torch.tensor([[1.], [-2.], [.5]])
+    if loader == 'torch': dls = DataLoaders(DataLoader(TensorDataset(x, y), batch_size=8), DataLoader(TensorDataset(x, y), batch_size=16))
+    else: dls = DataLoaders(TensorLoader(x, y, bs=8), TensorLoader(x, y, bs=16))
+    learn = TrainLearner(nn.Linear(3, 1), dls, F.mse_loss, lr=0.1, cbs=cbs)
+    return learn.fit(2)
+
+
+def test_accelerate_cb_says_how_to_get_accelerate(monkeypatch):
+    from minitrain.distributed import AccelerateCB
+    monkeypatch.setitem(sys.modules, 'accelerate', None)      # as if it were not installed
+    with pytest.raises(ImportError, match=r"AccelerateCB needs Hugging Face Accelerate.*pip install accelerate"):
+        AccelerateCB()
+
+
+def test_accelerate_cb_trains_as_the_plain_learner_and_gives_the_model_back():
+    pytest.importorskip('accelerate', reason="Hugging Face Accelerate is optional: pip install 'minitrain[accelerate]'")
+    from minitrain.distributed import AccelerateCB
+    cb = AccelerateCB(cpu=True)
+    calls = []
+    real = cb.accelerator.backward
+    cb.accelerator.backward = lambda loss: (calls.append(1), real(loss))
+    plain, accelerated = _linear_fit([]), _linear_fit([cb])
+    assert len(calls) == 2 * 8                                       # every training batch went through the accelerator
+    torch.testing.assert_close(accelerated.model.weight, plain.model.weight)
+    assert type(accelerated.model).__name__ == 'Linear' and 'backward' not in vars(accelerated)
+    assert isinstance(accelerated.dls.train, torch.utils.data.DataLoader) and len(accelerated.dls.train) == 8
