@@ -18,12 +18,16 @@ from .weight_metrics import PAPER_METRICS
 logger = logging.getLogger('minitrain')
 
 # %% auto #0
-__all__ = ['logger', 'PreparedRuns', 'prepare_runs', 'n_hmm_params', 'sticky_transmat', 'ModelSelection', 'fit_hmms',
-           'relabel_by_first_visit', 'decode', 'filtered_posteriors', 'posterior_gradient', 'TrainingMap',
+__all__ = ['logger', 'time_column', 'PreparedRuns', 'prepare_runs', 'n_hmm_params', 'sticky_transmat', 'ModelSelection',
+           'fit_hmms', 'relabel_by_first_visit', 'decode', 'filtered_posteriors', 'posterior_gradient', 'TrainingMap',
            'state_segments', 'training_map', 'Regression', 'state_distributions', 'convergence_time',
            'convergence_regression', 'trajectory_dissimilarity', 'sample_phase_runs']
 
 # %% ../nbs/23_hmm.ipynb #cfa3a749
+def time_column(run: pd.DataFrame) -> str:
+    "The column that orders a run's checkpoints: minitrain's `epoch`, else the original code's `step`."
+    return 'epoch' if 'epoch' in run or 'step' not in run else 'step'
+
 def _column(df: pd.DataFrame, name: str) -> pd.Series:
     "`df[name]`, or an error listing the columns there are (runs from `load_runs` use minitrain's names)."
     if name not in df.columns:
@@ -62,7 +66,7 @@ def _feature_matrix(run: Any, name: str, features: list[str]) -> tuple[np.ndarra
     "The run's (checkpoints, features) matrix and its epochs (or steps)."
     if isinstance(run, pd.DataFrame):
         x = np.stack([_numbers(run, name, f) for f in features], 1) if len(run) else np.empty((0, len(features)))
-        return x, _column(run, 'epoch' if 'epoch' in run or 'step' not in run else 'step').to_numpy()
+        return x, _column(run, time_column(run)).to_numpy()
     x = np.asarray(run, dtype=float)
     if x.ndim != 2 or x.shape[1] != len(features):
         raise ValueError(f"{name}: expected an array of shape (checkpoints, {len(features)}), got {x.shape}.")
@@ -412,7 +416,7 @@ def state_distributions(decoded: Sequence[pd.DataFrame], n_states: int | None = 
 
 def convergence_time(run: pd.DataFrame, metric: str = 'valid_accuracy', threshold: float = 0.9) -> float:
     "First epoch where `metric` >= `threshold`; the run's last epoch if it never gets there."
-    col, ep = _column(run, metric).to_numpy(), _column(run, 'epoch').to_numpy()
+    col, ep = _column(run, metric).to_numpy(), _column(run, time_column(run)).to_numpy()
     hit = np.where(col >= threshold)[0]
     return float(ep[hit[0]] if len(hit) else ep[-1])
 

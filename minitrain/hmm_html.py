@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .hmm import ModelSelection, TrainingMap, state_segments
+from .hmm import ModelSelection, TrainingMap, state_segments, time_column
 from .hmm_plots import edge_curvature, map_layout, state_hex
 
 # %% auto #0
@@ -152,7 +152,7 @@ def metrics_html(decoded: Sequence[pd.DataFrame], metrics: Sequence[str] = ('l2'
     chosen = [decoded[i] for i in (runs if runs is not None else range(min(4, len(decoded))))]
     rows = []
     for run in chosen:
-        ep, s = run['epoch'].to_numpy(), run['latent_state'].to_numpy()
+        ep, s = run[time_column(run)].to_numpy(), run['latent_state'].to_numpy()
         bands = [{'x0': ep[i0], 'x1': ep[i1] if i1 < len(ep) else ep[-1], 'color': state_hex(k),
                   'tip': f'state {k}: epochs {ep[i0]}-{ep[i1 - 1]}'} for k, i0, i1 in state_segments(s) if k >= 0]
         step = max(1, len(ep) // max_points)
@@ -161,6 +161,6 @@ def metrics_html(decoded: Sequence[pd.DataFrame], metrics: Sequence[str] = ('l2'
             y = run[m].to_numpy()
             line = {'x': ep[::step], 'y': y[::step], 'tips': [f'epoch {e}: {m} = {v:.4g}, state {k}'
                                                               for e, v, k in zip(ep[::step], y[::step], s[::step])]}
-            charts.append(svg_chart([line], bands, title=f"{run.attrs.get('name', '')}: {m}", xlabel='epoch', ylabel=m))
+            charts.append(svg_chart([line], bands, title=f"{run.attrs.get('name', '')}: {m}", xlabel=time_column(run), ylabel=m))
         rows.append('<div>' + ''.join(charts) + '</div>')
     return write_page(html_page('Metrics with latent states', ''.join(rows)), path)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import FancyArrowPatch
 
-from .hmm import ModelSelection, TrainingMap, state_segments
+from .hmm import ModelSelection, TrainingMap, state_segments, time_column
 from .plotting import axes_for, empty_plot, one_axes
 
 # %% auto #0
@@ -104,7 +104,7 @@ def plot_metrics_with_states(decoded: Sequence[pd.DataFrame], metrics: Sequence[
     fig, axs = axes_for(n, ax, figsize or (5 * len(metrics), 2.6 * len(chosen)), max_cols=len(metrics))
     states_seen = set()
     for r, run in enumerate(chosen):
-        ep = run['epoch'].to_numpy()
+        ep = run[time_column(run)].to_numpy()
         s = run['latent_state'].to_numpy()
         for c, metric in enumerate(metrics):
             a = axs[r * len(metrics) + c]
@@ -120,7 +120,7 @@ def plot_metrics_with_states(decoded: Sequence[pd.DataFrame], metrics: Sequence[
                 if acc is not None:
                     b = a.twinx(); b.plot(ep, acc, color='C0', ls='--', lw=1); b.set_ylim(-0.05, 1.05)
                     b.set_ylabel('valid acc', color='C0', fontsize='small')
-            a.set_xlabel('epoch')
+            a.set_xlabel(time_column(run))
     handles = [plt.Rectangle((0, 0), 1, 1, color=state_color(k), alpha=0.5) for k in sorted(states_seen)]
     if handles: fig.legend(handles, [f'state {k}' for k in sorted(states_seen)], loc='upper right', fontsize='small')
     fig.tight_layout()

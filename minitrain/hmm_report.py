@@ -13,7 +13,7 @@ import pandas as pd
 
 from .dynamics import load_runs
 from .hmm import (ModelSelection, Regression, TrainingMap, convergence_regression, fit_hmms,
-                           state_distributions, trajectory_dissimilarity, training_map)
+                           state_distributions, time_column, trajectory_dissimilarity, training_map)
 from .hmm_html import metrics_html, model_selection_html, training_map_html
 from .hmm_plots import plot_metrics_with_states, plot_model_selection, plot_training_map
 from .plotting import save_figure
@@ -68,8 +68,8 @@ def _write_analysis(a: Analysis, plot_metrics: Sequence[str]) -> None:
     model_selection_html(a.selection, out / 'model_selection.html')
     metrics_html(a.decoded, plot_metrics, path=out / 'metrics_with_states.html')
     (out / 'training_map.json').write_text(json.dumps(a.map.to_dict(), indent=1))
-    pd.concat([pd.DataFrame({'run': d.attrs.get('name', i), 'epoch': d['epoch'], 'latent_state': d['latent_state']})
-               for i, d in enumerate(a.decoded)]).to_csv(out / 'states.csv', index=False)
+    pd.concat([pd.DataFrame({'run': d.attrs.get('name', i), time_column(d): d[time_column(d)],
+                             'latent_state': d['latent_state']}) for i, d in enumerate(a.decoded)]).to_csv(out / 'states.csv', index=False)
     summary = {'k': a.selection.k, 'criterion': a.selection.criterion, 'features': a.selection.data.features,
                'runs': a.selection.data.names, 'held_out_runs': [a.selection.data.names[i] for i in a.selection.test_idx],
                'dropped_runs': a.selection.data.dropped_runs, 'dropped_features': a.selection.data.dropped_features,

@@ -4,11 +4,12 @@
 from __future__ import annotations
 import math
 from dataclasses import dataclass, asdict
+from functools import partial
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import nn, optim
 
 from .data import DataLoaders, TensorLoader
 from .learner import TrainLearner
@@ -16,7 +17,8 @@ from .callbacks import MetricsCB, MulticlassAccuracy
 
 # %% auto #0
 __all__ = ['modular_addition', 'Attention', 'Transformer', 'adamw', 'sparse_parity', 'hinge_loss', 'SignAccuracy', 'parity_mlp',
-           'LeNet5', 'BasicBlock', 'ResNet', 'GrokkingPreset', 'make_grokking_learner']
+           'LeNet5', 'BasicBlock', 'ResNet', 'GrokkingPreset', 'make_grokking_learner', 'SparseParityPreset',
+           'make_sparse_parity_learner']
 
 # %% ../nbs/21_workloads.ipynb #3ea07cd5
 def modular_addition(p: int = 113, train_frac: float = 0.3, seed: int = 0, bs: int = 2048) -> DataLoaders:
@@ -187,5 +189,31 @@ def make_grokking_learner(seed: int, preset: GrokkingPreset | None = None, data_
     dls = modular_addition(pr.p, pr.train_frac, seed=data_seed, bs=pr.bs)
     learn = TrainLearner(model, dls, F.cross_entropy, lr=pr.lr, opt_func=adamw(pr.lr, pr.weight_decay, eps=pr.adam_eps),
                          cbs=[MetricsCB(accuracy=MulticlassAccuracy())])
+    learn.hparams = {**asdict(pr), 'seed': seed, 'data_seed': data_seed}
+    return learn
+
+# %% ../nbs/21_workloads.ipynb #4c565176
+@dataclass
+class SparseParityPreset:
+    "Hu et al.'s sparse-parity setting (Barak et al. 2022): 40 bits, the product of the first 3, SGD on a hinge loss."
+    n_bits: int = 40
+    k: int = 3
+    hidden: int = 1000        # the original code's default; the paper's text says 128
+    n_train: int = 1000
+    n_test: int = 100
+    lr: float = 0.1
+    weight_decay: float = 0.01
+    bs: int = 32
+    epochs: int = 300
+    every: int = 1
+
+def make_sparse_parity_learner(seed: int, preset: SparseParityPreset | None = None, data_seed: int = 0) -> TrainLearner:
+    "A learner for sparse parities with `preset` (model initialised from `seed`; the examples fixed by `data_seed`)."
+    pr = preset or SparseParityPreset()
+    torch.manual_seed(seed)
+    model = parity_mlp(pr.n_bits, pr.hidden)
+    dls = sparse_parity(pr.n_bits, pr.k, pr.n_train, pr.n_test, seed=data_seed, bs=pr.bs)
+    learn = TrainLearner(model, dls, hinge_loss, lr=pr.lr, opt_func=partial(optim.SGD, weight_decay=pr.weight_decay),
+                         cbs=[MetricsCB(accuracy=SignAccuracy())])
     learn.hparams = {**asdict(pr), 'seed': seed, 'data_seed': data_seed}
     return learn

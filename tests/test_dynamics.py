@@ -290,3 +290,21 @@ def test_run_seeds_refuses_a_folder_recorded_with_other_hparams(tmp_path):
     with pytest.raises(SeedsFailedError, match=r"other hyper-parameters \(weight_decay: 3.0 there, 0.5 now\)"):
         run_seeds(partial(make_grokking_learner, preset=other), [1], tmp_path, epochs=4, every=2)
     assert load_runs(tmp_path / 'seed1')[0]['epoch'].tolist() == [0, 2]   # the recorded run is untouched
+
+
+def test_sparse_parity_preset_is_the_papers_setting_and_records_every_epoch(tmp_path):
+    from minitrain.workloads import SparseParityPreset, make_sparse_parity_learner
+    pr = SparseParityPreset()
+    assert (pr.n_bits, pr.k, pr.hidden, pr.n_train, pr.n_test, pr.lr, pr.weight_decay, pr.bs, pr.epochs, pr.every) == \
+           (40, 3, 1000, 1000, 100, 0.1, 0.01, 32, 300, 1)
+    learn = make_sparse_parity_learner(1)
+    x, y = learn.dls.train.tensors
+    assert x.shape == (1000, 40) and torch.equal(y, x[:, :3].prod(1)) and len(learn.dls.valid.tensors[0]) == 100
+    assert [m.weight.shape for m in learn.model if isinstance(m, nn.Linear)] == [(1000, 40), (1, 1000)]
+    bound = math.sqrt(6 / (40 + 1000))                                             # Xavier-uniform
+    assert learn.model[0].weight.abs().max() <= bound and learn.model[0].weight.abs().max() > 0.95 * bound
+    results = run_seeds(partial(make_sparse_parity_learner, preset=SparseParityPreset(epochs=3)), [0], tmp_path,
+                        epochs=3, every=pr.every)
+    (run,) = load_runs(tmp_path)
+    assert results[0]['status'] == 'trained' and run['epoch'].tolist() == [0, 1, 2, 3]
+    assert json.loads((tmp_path / 'seed0' / 'run.json').read_text())['optimizer']['name'] == 'SGD'

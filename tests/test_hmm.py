@@ -207,3 +207,28 @@ def test_analysis_decodes_and_zscores_each_run_once(monkeypatch, tmp_path):
     runs, truth = sample_phase_runs(n_runs=8, seed=3)
     a = analyze_runs(frames(runs, truth), out=tmp_path, features=FEATS, ks=range(1, 4), restarts=2, n_jobs=1)
     assert calls == {'predict': len(a.selection.models) * len(runs), 'prepare': 1, 'dist': 1}
+
+
+def test_analyze_runs_reads_a_folder_of_the_original_codes_csvs(tmp_path):
+    "modeling-training's layout: one CSV per seed, an unnamed index column, `step`, and eval_* losses and accuracies."
+    from minitrain.weight_metrics import PAPER_METRICS
+    runs, truth = sample_phase_runs(n_runs=12, length=100, seed=3)
+    rng = np.random.default_rng(0)
+    folder = tmp_path / 'modular_v3'
+    folder.mkdir()
+    feats = ['l1', 'l2', 'trace', 'spectral', 'var_w']
+    for seed, (x, s) in enumerate(zip(runs, truth)):
+        df = pd.DataFrame({m: rng.normal(size=len(x)) for m in PAPER_METRICS})
+        df[feats] = x
+        df['step'] = np.arange(len(x)) * 10
+        df['train_loss'], df['eval_loss'] = 1.0 - 0.4 * s, 1.2 - 0.5 * s
+        df['train_accuracy'], df['eval_accuracy'] = 0.3 + 0.35 * s, 0.2 + 0.4 * s   # above 0.9 in the last state
+        df.to_csv(folder / f'lr0.001_adamw_seed{seed}_scaling1.0.csv')             # index written, as the original does
+    a = analyze_runs(folder, features=feats, ks=range(1, 6), restarts=2, n_jobs=1)
+    assert a.selection.k == 3
+    assert [d.attrs['name'] for d in a.decoded] == sorted(f'lr0.001_adamw_seed{s}_scaling1.0' for s in range(12))
+    by_name = {d.attrs['name']: d for d in a.decoded}
+    pred = np.concatenate([by_name[f'lr0.001_adamw_seed{s}_scaling1.0']['latent_state'] for s in range(12)])
+    assert adjusted_rand_score(np.concatenate(truth), pred) > 0.9
+    assert a.regression is not None and a.regression.r2 > 0.5            # convergence read from eval_accuracy
+    assert (folder / 'analysis' / 'training_map.html').exists()
