@@ -8,6 +8,13 @@ epoch) with `run_seeds` on all cores (finished runs in the folder are reused, in
 Gaussian HMMs (K = 1..8) on the paper's 14 metrics and on L2 alone and prints, ours beside the paper's: K by BIC,
 R^2 and p of the convergence epoch (valid accuracy >= 0.9) on the state distribution, the dissimilarity, the
 training map's edges with run counts, the HMM on only [var_w, l1, l2], and the wall times (not a CI test).
+
+Measured (2 cores): training 2.8 min for 40 seeds, analysis 2.2 min. 5 states by BIC (paper 6); L2 alone: 8, the top
+of the range searched (paper 13, from a longer range); R^2 0.980, p 5e-29 (paper 0.961); dissimilarity 0.076 (paper
+0.183, but ours is the total-variation distance of the state distributions, the paper's notebook an EMD); HMM on
+[var_w, l1, l2]: R^2 0.990 (paper 0.952); all 40 runs reach 0.9 and take one chain 0>1>2>3>4 (paper: a fork, 2>0 in
+39/40 runs and 2>5 in 1). Our seeds share one dataset (`data_seed=0`) and differ in initial weights and batch order,
+which may be why no run forks; the paper's code may draw the data per seed.
 """
 import sys
 import time
