@@ -94,8 +94,10 @@ def test_a_failing_rank_stops_the_other_with_its_error(tmp_path):
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     with pytest.raises(ChildFailedError) as info:
         _launch(tmp_path, 'tensor', 'fail')
-    failure = info.value.failures[1]                                  # rank 1, with its own error, not a timeout
-    assert failure.exitcode == 1 and 'rank 1 gives up at epoch 1' in failure.message['message']
+    # rank 1's own error is on record (DDPCB writes torchrun's error file before the process ends); its exit code is 1,
+    # or -15 when rank 0 saw the broken connection first and torchrun stopped rank 1 a moment before it exited
+    failure = info.value.failures[1]
+    assert failure.exitcode in (1, -15) and 'rank 1 gives up at epoch 1' in failure.message['message']
     assert not list((tmp_path / '2p').glob('history*.json'))       # neither rank went on as if nothing happened
     status = json.loads((tmp_path / '2p/run/run.json').read_text())['status']
     assert status in ('failed', 'running')   # rank 0 was stopped by torchrun, possibly before its cleanup ran
