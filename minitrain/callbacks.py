@@ -126,7 +126,6 @@ class WeightedMean:
         return self
     def compute_all_ranks(self) -> torch.Tensor:
         "The mean over every rank's updates (under torchrun); `compute()` in one process."
-        if world_size() == 1: return self.compute()
         total = self.total.double() if self.total is not None else torch.zeros((), dtype=torch.float64)
         return all_reduce_sum(total) / all_reduce_sum(torch.tensor(self.weight, dtype=torch.float64, device=total.device))
 
