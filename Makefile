@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python scripts/demo.py --out report
+	$(BIN)/minitrain demo --out report
 
 test: $(STAMP) check-export pytest nbtest
 

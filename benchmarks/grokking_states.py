@@ -42,7 +42,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import curve_fit
 
 from minitrain.dynamics import run_seeds
 from minitrain.hmm_report import analyze_runs
@@ -50,21 +49,6 @@ from minitrain.workloads import GrokkingPreset, make_grokking_learner
 
 PRESETS = {'classic': GrokkingPreset.classic, 'small': GrokkingPreset, 'paper': GrokkingPreset.paper}
 SEEDS = range(8)
-
-
-def first_epoch(ep, acc, level):
-    hit = np.where(acc >= level)[0]
-    return int(ep[hit[0]]) if len(hit) else None
-
-
-def relaxation_time(ep, l2, start, span=1000):
-    "Time constant (epochs) of the weight norm's exponential approach to its new level after epoch `start`."
-    keep = (ep >= start) & (ep <= start + span)
-    t, y = ep[keep] - start, l2[keep]
-    try:
-        (_, _, tau), _ = curve_fit(lambda t, a, b, tau: a + b * np.exp(-t / tau), t, y, p0=(y[-1], y[0] - y[-1], span / 10))
-    except (RuntimeError, ValueError): return None
-    return float(tau) if 0 < tau < span else None
 
 
 def main(preset='classic', folder=None):
@@ -79,26 +63,22 @@ def report(folder: Path) -> None:
     "Analyse the runs in `folder` with the paper's own measures, and each run's final-state lag behind its jump."
     a = analyze_runs(folder, metric='valid_accuracy', threshold=0.9, covariance_type='diag', n_jobs=None)
     n, edge_runs = len(a.decoded), defaultdict(list)
+    lags = a.lags.set_index('run')   # final_state_lags: jump, entry into the final state, lag, relaxation time of l2
     print(f"{'run':<8}{'state changes (state>state@epoch)':<44}{'jump':>6}{'enters final':>13}{'lag':>6}"
           f"{'relaxation':>11}{'lag/relax':>10}")
-    ratios = []
     for run in a.decoded:
-        s, ep, acc = run['latent_state'].to_numpy(), run['epoch'].to_numpy(), run['valid_accuracy'].to_numpy()
-        change, first = np.where(s[1:] != s[:-1])[0] + 1, {}
-        enter = int(ep[change[-1]]) if len(change) else int(ep[0])
-        jump = first_epoch(ep, acc, 0.9)
+        s, ep = run['latent_state'].to_numpy(), run['epoch'].to_numpy()
+        change, first, row = np.where(s[1:] != s[:-1])[0] + 1, {}, lags.loc[run.attrs['name']]
+        jump = None if np.isnan(row['jump']) else int(row['jump'])
         for c in change[::-1]: first[(s[c - 1], s[c])] = int(ep[c])   # first time this run takes each edge
         for edge, t in first.items(): edge_runs[edge].append((t, jump))
-        tau = relaxation_time(ep, run['l2'].to_numpy(), jump) if jump is not None else None
-        lag = None if jump is None else enter - jump
-        if lag is not None and tau: ratios.append(lag / tau)
         path = ' '.join(f'{s[c - 1]}>{s[c]}@{ep[c]}' for c in change)
-        fmt = lambda v, spec='': '-' if v is None else format(v, spec)
-        print(f"{run.attrs['name']:<8}{path:<44}{fmt(jump):>6}{enter:>13}{fmt(lag):>6}{fmt(tau, '.0f'):>11}"
-              f"{fmt(None if lag is None or not tau else lag / tau, '.2f'):>10}")
-    if ratios:
+        print(f"{run.attrs['name']:<8}{path:<44}{'-' if jump is None else jump:>6}{row['enters_final']:>13.0f}{row['lag']:>6.0f}"
+              f"{row['relaxation']:>11.0f}{row['lag_in_relaxations']:>10.2f}")
+    ratios = lags['lag_in_relaxations'].dropna()
+    if len(ratios):
         print(f"final-state entry minus jump, in relaxation times of the weight norm (1/(lr*wd) steps expected): "
-              f"median {np.median(ratios):.2f}, range {min(ratios):.2f} to {max(ratios):.2f}")
+              f"median {ratios.median():.2f}, range {ratios.min():.2f} to {ratios.max():.2f}")
     print("edges of the training map (the paper's Fig. 2 table): runs taking it, mean epoch of the transition, mean "
           "convergence epoch of those runs, top features (z-score change)")
     for (i, j), e in sorted(a.map.edges.items()):

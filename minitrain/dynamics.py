@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .callbacks import set_seed
+from .callbacks import MetricsCB, format_row, set_seed
 from .distributed import unwrap_model
 from .events import Callback, CancelFitException
 from .learner import Learner
@@ -373,6 +373,9 @@ class _StopWhenFlagged(Callback):
     def before_epoch(self, learn):
         if learn.training and self.flag.exists(): raise CancelFitException()
 
+def _row_at_debug(row: dict) -> None:
+    logger.debug('%s', format_row(row))
+
 def _run_one(make_learner: Callable[[int], Learner], seed: int, folder: str, epochs: int, cb_kwargs: dict,
              stop_flag: str | None = None) -> dict:
     "Train (or resume, or skip) one seed's run; returns a short summary (a failure's with its traceback)."
@@ -384,6 +387,8 @@ def _run_one(make_learner: Callable[[int], Learner], seed: int, folder: str, epo
     try:
         set_seed(seed)
         learn = make_learner(seed)
+        for cb in learn.cbs:   # the rows are in metrics.csv; a line per epoch from every seed would bury the progress bar
+            if isinstance(cb, MetricsCB) and cb.log is None: cb.log = _row_at_debug
         check_same_hparams(folder.meta(), learn, folder.path)
         plan = folder.plan(epochs)
         if plan == 'skip': return {'seed': seed, 'status': 'skipped', 'epochs': folder.meta()['epochs_done']}

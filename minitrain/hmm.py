@@ -21,7 +21,8 @@ logger = logging.getLogger('minitrain')
 __all__ = ['logger', 'time_column', 'PreparedRuns', 'prepare_runs', 'n_hmm_params', 'sticky_transmat', 'ModelSelection',
            'fit_hmms', 'relabel_by_first_visit', 'decode', 'filtered_posteriors', 'posterior_gradient', 'TrainingMap',
            'state_segments', 'training_map', 'Regression', 'state_distributions', 'convergence_time',
-           'convergence_regression', 'trajectory_dissimilarity', 'sample_phase_runs']
+           'convergence_regression', 'trajectory_dissimilarity', 'relaxation_time', 'final_state_lags',
+           'sample_phase_runs']
 
 # %% ../nbs/23_hmm.ipynb #cfa3a749
 def time_column(run: pd.DataFrame) -> str:
@@ -468,6 +469,38 @@ def trajectory_dissimilarity(states: Sequence | pd.DataFrame, n_states: int | No
     if n < 2: raise ValueError("trajectory_dissimilarity needs at least two runs.")
     d = [0.5 * np.abs(dist[i] - dist[j]).sum() for i in range(n) for j in range(i)]
     return float(np.mean(d))
+
+# %% ../nbs/23_hmm.ipynb #2ecef553
+def relaxation_time(epochs: np.ndarray, values: np.ndarray, start: float, span: float = 1000) -> float:
+    "Time constant of `values`' exponential approach to a new level after `start` (NaN if no such fit in `span`)."
+    from scipy.optimize import OptimizeWarning, curve_fit
+    epochs, values = np.asarray(epochs, float), np.asarray(values, float)
+    keep = (epochs >= start) & (epochs <= start + span) & np.isfinite(values)
+    t, y = epochs[keep] - start, values[keep]
+    if len(t) < 4: return float('nan')
+    try:
+        with warnings.catch_warnings():   # a flat stretch leaves tau's variance undefined: tau itself is still the fit
+            warnings.simplefilter('ignore', OptimizeWarning)
+            (_, _, tau), _ = curve_fit(lambda t, a, b, tau: a + b * np.exp(-t / tau), t, y,
+                                       p0=(y[-1], y[0] - y[-1], span / 10), maxfev=5000)
+    except (RuntimeError, ValueError): return float('nan')
+    return float(tau) if 0 < tau < span else float('nan')
+
+def final_state_lags(decoded: Sequence[pd.DataFrame], metric: str = 'valid_accuracy', threshold: float = 0.9,
+                     norm: str = 'l2', span: float = 1000) -> pd.DataFrame:
+    "Per run: the jump (`metric` first >= `threshold`), entry into the final state, the lag, and `norm`'s relaxation time."
+    rows = []
+    for i, run in enumerate(decoded):
+        run = run[run['latent_state'] >= 0]     # checkpoints the analysis decoded
+        if run.empty: continue                  # a run the analysis left out
+        s, ep = run['latent_state'].to_numpy(), _column(run, time_column(run)).to_numpy(float)
+        hit = np.where(_column(run, metric).to_numpy(float) >= threshold)[0]
+        jump = float(ep[hit[0]]) if len(hit) else float('nan')
+        final, enter = int(s[-1]), float(ep[state_segments(s)[-1][1]])
+        tau = relaxation_time(ep, _column(run, norm).to_numpy(float), jump, span) if np.isfinite(jump) and norm in run else float('nan')
+        rows.append({'run': _name(run, i), 'jump': jump, 'final_state': final, 'enters_final': enter,
+                     'lag': enter - jump, 'relaxation': tau, 'lag_in_relaxations': (enter - jump) / tau})
+    return pd.DataFrame(rows)
 
 # %% ../nbs/23_hmm.ipynb #f06b44c7
 def sample_phase_runs(n_runs: int = 20, length: int = 150, n_features: int = 5, means: np.ndarray | None = None,

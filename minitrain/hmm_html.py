@@ -14,21 +14,37 @@ from .hmm import ModelSelection, TrainingMap, state_segments, time_column
 from .hmm_plots import edge_curvature, map_layout, state_hex
 
 # %% auto #0
-__all__ = ['html_page', 'write_page', 'training_map_svg', 'training_map_html', 'svg_chart', 'model_selection_html',
-           'metrics_html']
+__all__ = ['PAGE_STYLE', 'TOOLTIP_SCRIPT', 'html_page', 'write_page', 'training_map_svg', 'training_map_html', 'svg_chart',
+           'model_selection_html', 'metrics_html']
 
 # %% ../nbs/25_hmm_html.ipynb #67869bb8
-_STYLE = """body { font-family: sans-serif; margin: 20px; } .chart { margin: 4px; }
+PAGE_STYLE = """body { font-family: sans-serif; margin: 20px; } .chart { margin: 4px; }
 svg .edge path { fill: none; stroke: #888; } svg .edge:hover path { stroke: #d62728; }
+svg .edge path.hit { stroke: transparent; stroke-width: 16; } svg .edge:hover path.hit { stroke: transparent; }
+#tooltip { position: fixed; display: none; white-space: pre-line; background: #fffff4; border: 1px solid #999;
+  padding: 4px 8px; font-size: 12px; max-width: 460px; pointer-events: none; box-shadow: 2px 2px 4px #0002; z-index: 10; }
 svg .edge text { font-size: 10px; fill: #333; text-anchor: middle; }
 svg .node circle { stroke: black; } svg .node:hover circle { stroke-width: 3; }
 svg .start { fill: none; stroke: green !important; stroke-width: 2; } svg .end { fill: none; stroke: black; }
 svg .label { font-size: 16px; font-weight: bold; text-anchor: middle; pointer-events: none; }"""
 
-def html_page(title: str, body: str) -> str:
-    "A complete HTML page with minitrain's style sheet around `body`."
-    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>\n<style>\n{_STYLE}\n'
-            f'</style></head><body>\n<h2>{html.escape(title)}</h2>\n{body}\n</body></html>\n')
+# Hover texts: each SVG element's <title> shown at once, in a box that follows the mouse (a browser's own title
+# tooltip appears only after a delay and cannot be styled). No network, no library.
+TOOLTIP_SCRIPT = """document.addEventListener('DOMContentLoaded', () => {
+  const tip = document.createElement('div'); tip.id = 'tooltip'; document.body.appendChild(tip);
+  document.querySelectorAll('svg title').forEach(t => {
+    const el = t.parentNode; el.dataset.tip = t.textContent; t.remove();
+    el.addEventListener('mouseenter', () => { tip.textContent = el.dataset.tip; tip.style.display = 'block'; });
+    el.addEventListener('mousemove', e => { tip.style.left = (e.clientX + 14) + 'px'; tip.style.top = (e.clientY + 14) + 'px'; });
+    el.addEventListener('mouseleave', () => { tip.style.display = 'none'; });
+  });
+});"""
+
+def html_page(title: str, body: str, style: str = '') -> str:
+    "A complete HTML page with minitrain's style sheet (plus `style`) and hover texts around `body`."
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>\n<style>\n{PAGE_STYLE}\n'
+            f'{style}\n</style>\n<script>\n{TOOLTIP_SCRIPT}\n</script></head><body>\n<h2>{html.escape(title)}</h2>\n{body}\n'
+            '</body></html>\n')
 
 def write_page(page: str, path: str | Path | None) -> str:
     "Write `page` to `path` (if given) and return it."
@@ -56,8 +72,9 @@ def _edge_svg(tmap: TrainingMap, j: int, k: int, e: dict, xy: dict, radius: dict
                       '\n'.join(f"{f['feature']}: change {f['delta']:+.2f} z, importance {f['importance']:.2f}"
                                 for f in e['features']))
     width = 1.5 + 5 * e['n_runs'] / max(x['n_runs'] for x in tmap.edges.values())
-    return (f'<g class="edge"><title>{tip}</title><path d="M{a[0]:.0f},{a[1]:.0f} Q{c[0]:.0f},{c[1]:.0f} '
-            f'{b[0]:.0f},{b[1]:.0f}" stroke-width="{width:.1f}" marker-end="url(#arrow)"/><text>{text}</text></g>')
+    d = f'M{a[0]:.0f},{a[1]:.0f} Q{c[0]:.0f},{c[1]:.0f} {b[0]:.0f},{b[1]:.0f}'
+    return (f'<g class="edge"><title>{tip}</title><path d="{d}" stroke-width="{width:.1f}" marker-end="url(#arrow)"/>'
+            f'<path class="hit" d="{d}"/><text>{text}</text></g>')   # the wide transparent copy is easy to hover
 
 def _node_svg(tmap: TrainingMap, k: int, n: dict, xy: dict, r: float) -> str:
     "One state: a circle (rings for start and end states), its number, and its hover text."

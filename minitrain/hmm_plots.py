@@ -14,7 +14,7 @@ from .plotting import axes_for, empty_plot, one_axes
 
 # %% auto #0
 __all__ = ['STATE_COLORS', 'plot_model_selection', 'state_color', 'state_hex', 'map_layout', 'edge_curvature', 'edge_label',
-           'plot_training_map', 'plot_metrics_with_states']
+           'plot_training_map', 'plot_metrics_with_states', 'plot_runs']
 
 # %% ../nbs/24_hmm_plots.ipynb #63492a6f
 def plot_model_selection(selection: ModelSelection, ax=None, figsize: tuple = (11, 4)):
@@ -124,4 +124,18 @@ def plot_metrics_with_states(decoded: Sequence[pd.DataFrame], metrics: Sequence[
     handles = [plt.Rectangle((0, 0), 1, 1, color=state_color(k), alpha=0.5) for k in sorted(states_seen)]
     if handles: fig.legend(handles, [f'state {k}' for k in sorted(states_seen)], loc='upper right', fontsize='small')
     fig.tight_layout()
+    return fig
+
+# %% ../nbs/24_hmm_plots.ipynb #b126c9f5
+def plot_runs(runs: Sequence[pd.DataFrame], column: str = 'valid_accuracy', background: str | None = 'train_accuracy',
+              ax=None, figsize: tuple = (7, 3.5)):
+    "`column` of every run over time, one coloured line a run, `background` of each in gray behind. Returns the figure."
+    fig, a = one_axes(ax, figsize)
+    for i, run in enumerate(runs):
+        t = run[time_column(run)]
+        if background is not None and background in run: a.plot(t, run[background], color='gray', alpha=0.4, lw=1)
+        a.plot(t, run[column], lw=1.2, label=run.attrs.get('name', f'run {i}'))
+    a.set_xlabel(time_column(runs[0]) if len(runs) else 'epoch')
+    a.set_ylabel(column if background is None else f'{column} (gray: {background})')
+    if 0 < len(runs) <= 12: a.legend(fontsize='small', ncol=2)
     return fig

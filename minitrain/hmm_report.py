@@ -12,10 +12,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from .dynamics import load_runs
-from .hmm import (ModelSelection, Regression, TrainingMap, convergence_regression, fit_hmms,
+from .hmm import (ModelSelection, Regression, TrainingMap, convergence_regression, final_state_lags, fit_hmms,
                            state_distributions, time_column, trajectory_dissimilarity, training_map)
 from .hmm_html import metrics_html, model_selection_html, training_map_html
-from .hmm_plots import plot_metrics_with_states, plot_model_selection, plot_training_map
+from .hmm_plots import plot_metrics_with_states, plot_model_selection, plot_runs, plot_training_map
 from .plotting import save_figure
 
 logger = logging.getLogger('minitrain')
@@ -32,6 +32,8 @@ class Analysis:
     map: TrainingMap
     regression: Regression | None
     dissimilarity: float
+    lags: pd.DataFrame       # each run's jump in `metric`, entry into its final state, and the lag (final_state_lags)
+    metric: str
     out: Path | None
 
 def analyze_runs(runs_or_path, out: str | Path | None = None, features: Sequence[str] | None = None,
@@ -52,7 +54,8 @@ def analyze_runs(runs_or_path, out: str | Path | None = None, features: Sequence
         logger.warning('convergence regression skipped: %s', e)
         reg = None
     diss = trajectory_dissimilarity(dist)
-    result = Analysis(sel, decoded, tmap, reg, diss, out)
+    lags = final_state_lags(decoded, metric, threshold) if metric in decoded[0] else pd.DataFrame()
+    result = Analysis(sel, decoded, tmap, reg, diss, lags, metric, out)
     if out is not None: _write_analysis(result, plot_metrics or sel.data.features[:2])
     return result
 
@@ -62,6 +65,9 @@ def _write_analysis(a: Analysis, plot_metrics: Sequence[str]) -> None:
     a.selection.table.to_csv(out / 'model_selection.csv', index=False)
     figs = {'model_selection.png': plot_model_selection(a.selection), 'training_map.png': plot_training_map(a.map),
             'metrics_with_states.png': plot_metrics_with_states(a.decoded, plot_metrics)}
+    if a.metric in a.decoded[0]:
+        figs['runs.png'] = plot_runs(a.decoded, a.metric, a.metric.replace('valid_', 'train_', 1))
+        a.lags.to_csv(out / 'final_state_lags.csv', index=False)
     for name, fig in figs.items():
         save_figure(fig, out / name); plt.close(fig)
     training_map_html(a.map, out / 'training_map.html')

