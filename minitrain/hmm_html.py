@@ -96,10 +96,15 @@ _ARROW = ('<defs><marker id="arrow" viewBox="0 0 10 10" refX="2" refY="5" marker
 def training_map_svg(tmap: TrainingMap) -> str:
     "The training map as an SVG element with hover texts (states left to right in order of first visit)."
     pos = map_layout(tmap)
-    W, H, pad = max(600, 200 * len(pos) + 160), 420, 80
+    W, pad = max(600, 200 * len(pos) + 160), 80
     xs = [x for x, _ in pos.values()] or [0]
-    xy = {k: (pad + (x - min(xs)) / ((max(xs) - min(xs)) or 1) * (W - 2 * pad), H / 2 + y * 180) for k, (x, y) in pos.items()}
+    px = {k: pad + (x - min(xs)) / ((max(xs) - min(xs)) or 1) * (W - 2 * pad) for k, (x, _) in pos.items()}
     radius = {k: 18 + 40 * n['share'] for k, n in tmap.nodes.items()}
+    # as tall as the highest arch (a quadratic curve reaches half its control point's offset) and its label need
+    arch = max((abs(edge_curvature(pos, j, k, tmap.edges) * (px[k] - px[j])) / 2 for j, k in tmap.edges), default=0)
+    half = max(max(radius.values(), default=18) + 30, arch + 75)
+    H = int(2 * half)
+    xy = {k: (px[k], half + y * 180) for k, (_, y) in pos.items()}
     parts = [_edge_svg(tmap, j, k, e, xy, radius, i % 2 == 0) for i, ((j, k), e) in enumerate(tmap.edges.items())]
     parts += [_node_svg(tmap, k, n, xy, radius[k]) for k, n in tmap.nodes.items()]
     return f'<svg width="{W}" height="{H}" viewBox="0 0 {W} {H}">\n{_ARROW}\n{"".join(parts)}\n</svg>'
