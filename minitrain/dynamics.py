@@ -422,7 +422,7 @@ def run_seeds(make_learner: Callable[[int], Learner], seeds: Iterable[int], path
               on_error: str = 'finish', **cb_kwargs) -> list[dict]:
     "Train one run per seed into `path/seed{seed}` (skip finished, resume partial) on joblib's `backend` (loky)."
     if on_error not in ('finish', 'stop'): raise ValueError(f"on_error must be 'finish' or 'stop', got {on_error!r}.")
-    path = Path(path)
+    path = Path(path).resolve()   # workers may live in another folder: loky reuses workers started before a chdir
     path.mkdir(parents=True, exist_ok=True)
     flag = path / f'.stop-{uuid.uuid4().hex[:8]}' if on_error == 'stop' else None   # this call's own flag
     cb_kwargs = {'every': every, 'unit': unit, 'hookpoints': hookpoints, **cb_kwargs}

@@ -137,9 +137,9 @@ def resolve_config(raw: Mapping, where: str = 'the config') -> dict:
     if not cfg['lr'] > 0: raise ConfigError(f"'lr' in {where} must be a number > 0, got {cfg['lr']!r}.")
     cfg['lr'] = float(cfg['lr'])
     cfg['seeds'] = parse_seeds(cfg['seeds'], where)
-    opt = dict(cfg.get('optimizer', {}))
-    default = w.optimizer(preset)
-    cfg['optimizer'] = _optimizer(opt if opt.get('name', default['name']) != default['name'] else {**default, **opt}, cfg['lr'], where)
+    opt, default = dict(cfg.get('optimizer', {})), w.optimizer(preset)
+    if opt.get('name', default['name']) == default['name']: opt = {**default, **opt}   # the preset's, changed where given
+    cfg['optimizer'] = _optimizer(opt, cfg['lr'], where)
     return cfg
 
 def _toml_value(text: str) -> Any:
@@ -202,7 +202,8 @@ def experiment_status(out: str | Path, seeds: Sequence[int] | None = None) -> li
     folders = [out / f'seed{s}' for s in seeds] if seeds is not None else sorted(p for p in out.glob('seed*') if p.is_dir())
     rows = []
     for f in folders:
-        meta, rf = RunFolder(f).meta(), RunFolder(f)
+        rf = RunFolder(f)
+        meta = rf.meta()
         last = rf.rows()[-1] if rf.csv.exists() and rf.csv.stat().st_size else None
         rows.append({'run': f.name, 'status': meta.get('status', 'not started'), 'epochs_done': meta.get('epochs_done', 0),
                      'checkpoint': int(float(last['epoch'])) if last else None, 'reason': meta.get('reason')})

@@ -128,7 +128,9 @@ def _fit_seed(seed: int, k: int, restart: int) -> int:
     return int(np.random.SeedSequence([seed, k, restart]).generate_state(1)[0])
 
 def _finite_params(m) -> bool:
-    return all(np.isfinite(a).all() for a in (m.startprob_, m.transmat_, m.means_, m.covars_))
+    "Finite parameters and positive-definite covariances (a state collapsed onto a line has no density: a failed fit)."
+    if not all(np.isfinite(a).all() for a in (m.startprob_, m.transmat_, m.means_, m.covars_)): return False
+    return bool((np.linalg.eigvalsh(m.covars_) > 0).all())   # covars_ is (K, d, d) for every covariance type
 
 def _fit_one(train: tuple[np.ndarray, list[int]], test: tuple[np.ndarray, list[int]] | None, k: int, restart: int,
              seed: int, covariance_type: str, n_iter: int, tol: float, init: str, stay: float, min_covar: float) -> dict:
@@ -234,7 +236,7 @@ def fit_hmms(runs: Sequence, features: Sequence[str] | None = None, ks: Iterable
             continue
         jobs += [(train, test, k, r, seed, covariance_type, n_iter, tol, init, stay, min_covar) for r in range(restarts)]
     if not jobs: raise ValueError("no K can be fitted with this much data (see the warnings).")
-    results = parallel_map(_fit_one_limited, jobs, n_jobs, backend=backend)
+    results = parallel_map(_fit_one_limited, jobs, n_jobs, progress=True, backend=backend)
     bad = [(r['k'], r['restart'], r['error'] or 'non-finite parameters') for r in results if r['model'] is None]
     if bad: warnings.warn(f"{len(bad)} fit(s) failed or had non-finite parameters and were excluded: {bad[:8]}. "
                           f"Raising min_covar (now {min_covar}) usually helps.", RuntimeWarning)

@@ -182,3 +182,24 @@ def test_ctrl_c_keeps_the_runs_and_says_how_to_resume(tmp_path):
     assert again == list(range(kept[-1] + 4))      # every checkpoint once, nothing lost
     for seed in (0, 1):
         assert json.loads((tmp_path / 'runs' / f'seed{seed}' / 'run.json').read_text())['status'] == 'finished'
+
+
+def test_analyze_reads_the_original_codes_csvs(tmp_path, capsys):
+    "modeling-training's folder of CSVs (unnamed index, `step`, eval_*) gives the same kind of page."
+    import numpy as np
+    from minitrain.hmm import sample_phase_runs
+    runs, truth = sample_phase_runs(n_runs=8, length=80, seed=3)
+    folder = tmp_path / 'modular_v3'
+    folder.mkdir()
+    for seed, (x, s) in enumerate(zip(runs, truth)):
+        df = pd.DataFrame(x, columns=['l1', 'l2', 'trace', 'spectral', 'var_w'])
+        df['step'] = np.arange(len(x)) * 10
+        df['train_accuracy'], df['eval_accuracy'] = 0.3 + 0.35 * s, 0.2 + 0.4 * s   # above 0.9 in the last state
+        df.to_csv(folder / f'lr0.001_adamw_seed{seed}.csv')
+    code, out, err = run_main(['analyze', folder, '--ks', '1-4', '--restarts', '2', '--n-jobs', '1',
+                               '--features', 'l1', 'l2', 'trace', 'spectral', 'var_w'], capsys)
+    assert code == 0, err
+    page = (folder / 'analysis' / 'index.html').read_text()
+    assert '3 states; page written to' in out and page.count('<g class="node">') == 3
+    lags = pd.read_csv(folder / 'analysis' / 'final_state_lags.csv')
+    assert (lags['lag'] == 0).all()         # each run enters its last state where eval_accuracy passes 0.9

@@ -67,7 +67,7 @@ def test_the_page_in_headless_chromium(report):
             maps = page.locator('section svg[viewBox]')
             assert maps.count() == 2
             box = maps.first.bounding_box()
-            assert box['width'] > 300 and box['height'] > 200
+            assert box['width'] > 300 and box['height'] > 100
             assert maps.first.locator('g.node circle').count() >= 2
             tooltip = page.locator('#tooltip')
             assert not tooltip.is_visible()
