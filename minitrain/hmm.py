@@ -475,14 +475,14 @@ def trajectory_dissimilarity(states: Sequence | pd.DataFrame, n_states: int | No
 # %% ../nbs/23_hmm.ipynb #2ecef553
 def relaxation_time(epochs: np.ndarray, values: np.ndarray, start: float, span: float = 1000) -> float:
     "Time constant of `values`' exponential approach to a new level after `start` (NaN if no such fit in `span`)."
-    from scipy.optimize import OptimizeWarning, curve_fit
+    from scipy.optimize import curve_fit
     epochs, values = np.asarray(epochs, float), np.asarray(values, float)
     keep = (epochs >= start) & (epochs <= start + span) & np.isfinite(values)
     t, y = epochs[keep] - start, values[keep]
     if len(t) < 4: return float('nan')
     try:
-        with warnings.catch_warnings():   # a flat stretch leaves tau's variance undefined: tau itself is still the fit
-            warnings.simplefilter('ignore', OptimizeWarning)
+        with warnings.catch_warnings():   # overflow in a trial tau, an undefined variance: the fit is checked below
+            warnings.simplefilter('ignore')
             (_, _, tau), _ = curve_fit(lambda t, a, b, tau: a + b * np.exp(-t / tau), t, y,
                                        p0=(y[-1], y[0] - y[-1], span / 10), maxfev=5000)
     except (RuntimeError, ValueError): return float('nan')

@@ -188,7 +188,7 @@ def test_analyze_reads_the_original_codes_csvs(tmp_path, capsys):
     "modeling-training's folder of CSVs (unnamed index, `step`, eval_*) gives the same kind of page."
     import numpy as np
     from minitrain.hmm import sample_phase_runs
-    runs, truth = sample_phase_runs(n_runs=8, length=80, seed=3)
+    runs, truth = sample_phase_runs(n_runs=12, length=100, seed=3)
     folder = tmp_path / 'modular_v3'
     folder.mkdir()
     for seed, (x, s) in enumerate(zip(runs, truth)):
@@ -201,5 +201,7 @@ def test_analyze_reads_the_original_codes_csvs(tmp_path, capsys):
     assert code == 0, err
     page = (folder / 'analysis' / 'index.html').read_text()
     assert '3 states; page written to' in out and page.count('<g class="node">') == 3
-    lags = pd.read_csv(folder / 'analysis' / 'final_state_lags.csv')
-    assert (lags['lag'] == 0).all()         # each run enters its last state where eval_accuracy passes 0.9
+    lags = pd.read_csv(folder / 'analysis' / 'final_state_lags.csv').set_index('run')
+    for seed, s in enumerate(truth):          # eval_accuracy passes 0.9 where a run enters its last true state
+        lag = lags.loc[f'lr0.001_adamw_seed{seed}', 'lag']
+        assert np.isnan(lag) if 2 not in s else abs(lag) <= 20, (seed, lag)   # within two checkpoints of the jump
