@@ -35,7 +35,7 @@ __all__ = ['logger', 'SECTIONS', 'DemoPlan', 'sgd_momentum', 'metrics_table', 's
 # %% ../nbs/42_demo.ipynb #099d55ec
 @dataclass
 class DemoPlan:
-    "The sizes of the demo's sections (defaults: the full demo, about six minutes on 2 cores)."
+    "The sizes of the demo's sections (defaults: the full demo, about four minutes on 2 cores)."
     digits_epochs: int = 15
     stats_epochs: int = 10
     grokking_preset: str = 'small'
@@ -54,7 +54,7 @@ class DemoPlan:
 
     @classmethod
     def quick(cls) -> 'DemoPlan':
-        "The short demo: under two minutes on 2 cores."
+        "The short demo: about a minute on 2 cores."
         return cls(grokking_preset='quick', grokking_seeds=4, parity_seeds=4,
                    parity_epochs=150, ks=range(1, 6), restarts=2, probmap_epochs=60, probmap_every=4,
                    probmap_resolution=90, name='quick')
@@ -124,8 +124,8 @@ def section_grokking(report: Report, plan: DemoPlan) -> None:
                              'every': plan.grokking_every},
               'Grokking on modular addition',
               'A one-layer transformer learns (a + b) mod p from part of the table. It first memorises its training split '
-              '(gray curves reach 1) while validation accuracy stays low, then, under weight decay, suddenly generalises: '
-              'the jump. The HMM over the 14 weight metrics of Hu et al. finds the phases; notice that each run enters its final state some '
+              '(gray curves reach 1) while validation accuracy stays low, then, under weight decay, generalises hundreds of '
+              'epochs later: the jump. The HMM over the 14 weight metrics of Hu et al. finds the phases; notice that each run enters its final state some '
               'time after its jump, when the weight norm has settled, not at the jump itself.')
 
 def section_parity(report: Report, plan: DemoPlan) -> None:
