@@ -57,6 +57,10 @@ class Report:
     @property
     def path(self) -> Path: return self.out / 'index.html'
 
+    def relative(self, path: str | Path) -> str:
+        "How the page refers to `path` (a file path as given): relative to the page's folder, escaped for HTML."
+        return html.escape(Path(os.path.relpath(path, self.out)).as_posix())
+
     def section(self, title: str, text: str = '') -> 'Report':
         "Start a section; `text` says in two or three sentences what the reader looks at and what to notice."
         self.sections.append({'title': title, 'id': _slug(title), 'parts': [f'<p class="intro">{html.escape(text)}</p>'] if text else []})
@@ -84,8 +88,7 @@ class Report:
         for path, caption in items:
             path = Path(path)
             if not path.is_file(): raise FileNotFoundError(f"Report: image {path} does not exist (write it before adding it).")
-            src = html.escape(Path(os.path.relpath(path, self.out)).as_posix())
-            figs.append(f'<figure><img src="{src}" alt="{html.escape(caption or path.name)}">'
+            figs.append(f'<figure><img src="{self.relative(path)}" alt="{html.escape(caption or path.name)}">'
                         f'<figcaption>{html.escape(caption)}</figcaption></figure>')
         return self.html('<div class="images">' + ''.join(figs) + '</div>')
 
@@ -115,11 +118,6 @@ class Report:
         return self.path
 
 # %% ../nbs/40_report.ipynb #1e1c9c24
-def _lags_table(a: Analysis) -> pd.DataFrame:
-    lags = a.lags.rename(columns={'jump': f'jump ({a.metric} first >= threshold)', 'enters_final': 'enters final state',
-                                  'lag_in_relaxations': 'lag / relaxation', 'relaxation': 'relaxation of l2'})
-    return lags
-
 def analysis_section(report: Report, a: Analysis, title: str, text: str = '') -> Report:
     "Add a section showing an `Analysis` (from `analyze_runs` with an `out` folder) to `report`."
     if a.out is None: raise ValueError("analysis_section needs an analysis written to a folder: analyze_runs(..., out=FOLDER).")
@@ -130,14 +128,17 @@ def analysis_section(report: Report, a: Analysis, title: str, text: str = '') ->
                             f'Held-out BIC and AIC for each number of states K: K = {sel.k} has the lowest mean '
                             f'{sel.criterion.upper()}.')])
     report.html(f'<p>The training map: {len(a.map.nodes)} states of the features {html.escape(", ".join(sel.data.features))}, '
-                f'numbered in the order runs first visit them, and the transitions runs take. Hover a state or a transition for its details (runs, epochs, the features that '
-                f'change most). <a href="{html.escape(Path(os.path.relpath(out / "training_map.html", report.out)).as_posix())}">'
-                f'Open the map on its own page</a>.</p><div class="map">{training_map_svg(a.map)}</div>')
+                'numbered in the order runs first visit them, and the transitions runs take. Hover a state or a transition '
+                'for its details (runs, epochs, the features that change most). '
+                f'<a href="{report.relative(out / "training_map.html")}">Open the map on its own page</a>.</p>'
+                f'<div class="map">{training_map_svg(a.map)}</div>')
     report.images([(out / 'metrics_with_states.png', 'Weight metrics of the first runs over time; the background colour is '
                                                      'the latent state, the dashed line the validation accuracy.')])
     if len(a.lags):
-        report.table(_lags_table(a), f'Each run\'s jump, its entry into its final state, and the lag between them, also in '
-                                     f'relaxation times of the weight norm after the jump (NaN: the run never reaches the threshold).')
+        lags = a.lags.rename(columns={'jump': f'jump ({a.metric} first >= threshold)', 'enters_final': 'enters final state',
+                                      'relaxation': 'relaxation of l2', 'lag_in_relaxations': 'lag / relaxation'})
+        report.table(lags, "Each run's jump, its entry into its final state, and the lag between them, also in relaxation "
+                           "times of the weight norm after the jump (–: the run never reaches the threshold).")
     reg = a.regression
     summary = {'runs': len(a.decoded), 'features': len(sel.data.features), 'states (K)': sel.k,
                'convergence R²': float('nan') if reg is None else reg.r2,
