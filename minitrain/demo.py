@@ -4,8 +4,7 @@
 from __future__ import annotations
 import logging
 import time
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt

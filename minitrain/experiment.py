@@ -6,7 +6,7 @@ import difflib
 import inspect
 import json
 import logging
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -147,14 +147,14 @@ def _toml_value(text: str) -> Any:
     try: return tomllib.loads(f'v = {text}')['v']
     except tomllib.TOMLDecodeError: return text
 
-def load_config(path: str | Path, overrides: Mapping[str, Any] = {}) -> dict:
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict:
     "Read the TOML config at `path`, apply `overrides` (dotted names, e.g. 'model.hidden'), check and resolve it."
     path = Path(path)
     if not path.is_file(): raise ConfigError(f"config file {path} not found{' (it is a folder)' if path.is_dir() else ''}: "
                                              "give the path of a .toml file.")
     try: raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e: raise ConfigError(f"{path} is not valid TOML: {e}.") from None
-    for name, value in overrides.items():
+    for name, value in (overrides or {}).items():
         *sections, key = name.split('.')
         node = raw
         for s in sections:

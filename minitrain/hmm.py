@@ -20,7 +20,7 @@ logger = logging.getLogger('minitrain')
 # %% auto #0
 __all__ = ['logger', 'time_column', 'PreparedRuns', 'prepare_runs', 'n_hmm_params', 'sticky_transmat', 'ModelSelection',
            'fit_hmms', 'relabel_by_first_visit', 'decode', 'filtered_posteriors', 'posterior_gradient', 'TrainingMap',
-           'state_segments', 'training_map', 'Regression', 'state_distributions', 'convergence_time',
+           'state_segments', 'training_map', 'Regression', 'state_distributions', 'first_reach', 'convergence_time',
            'convergence_regression', 'trajectory_dissimilarity', 'relaxation_time', 'final_state_lags',
            'sample_phase_runs']
 
@@ -417,11 +417,15 @@ def state_distributions(decoded: Sequence[pd.DataFrame], n_states: int | None = 
     rows = [np.bincount(s, minlength=K)[:K] / max(len(s), 1) for s in seqs]
     return pd.DataFrame(rows, index=[_name(r, i) for i, r in enumerate(decoded)], columns=list(range(K)))
 
+def first_reach(run: pd.DataFrame, metric: str = 'valid_accuracy', threshold: float = 0.9) -> float:
+    "First epoch (or step) where `metric` >= `threshold`; NaN if the run never gets there."
+    hit = np.where(_column(run, metric).to_numpy(float) >= threshold)[0]
+    return float(_column(run, time_column(run)).iloc[hit[0]]) if len(hit) else float('nan')
+
 def convergence_time(run: pd.DataFrame, metric: str = 'valid_accuracy', threshold: float = 0.9) -> float:
     "First epoch where `metric` >= `threshold`; the run's last epoch if it never gets there."
-    col, ep = _column(run, metric).to_numpy(), _column(run, time_column(run)).to_numpy()
-    hit = np.where(col >= threshold)[0]
-    return float(ep[hit[0]] if len(hit) else ep[-1])
+    t = first_reach(run, metric, threshold)
+    return t if np.isfinite(t) else float(_column(run, time_column(run)).iloc[-1])
 
 def convergence_regression(runs: Sequence[pd.DataFrame], states: Sequence | None = None, metric: str = 'valid_accuracy',
                            threshold: float = 0.9, n_states: int | None = None,
@@ -496,10 +500,9 @@ def final_state_lags(decoded: Sequence[pd.DataFrame], metric: str = 'valid_accur
         run = run[run['latent_state'] >= 0]     # checkpoints the analysis decoded
         if run.empty: continue                  # a run the analysis left out
         s, ep = run['latent_state'].to_numpy(), _column(run, time_column(run)).to_numpy(float)
-        hit = np.where(_column(run, metric).to_numpy(float) >= threshold)[0]
-        jump = float(ep[hit[0]]) if len(hit) else float('nan')
-        final, enter = int(s[-1]), float(ep[state_segments(s)[-1][1]])
-        tau = relaxation_time(ep, _column(run, norm).to_numpy(float), jump, span) if np.isfinite(jump) and norm in run else float('nan')
+        jump, final, enter = first_reach(run, metric, threshold), int(s[-1]), float(ep[state_segments(s)[-1][1]])
+        tau = (relaxation_time(ep, _column(run, norm).to_numpy(float), jump, span) if np.isfinite(jump) and norm in run
+               else float('nan'))
         rows.append({'run': _name(run, i), 'jump': jump, 'final_state': final, 'enters_final': enter,
                      'lag': enter - jump, 'relaxation': tau, 'lag_in_relaxations': (enter - jump) / tau})
     return pd.DataFrame(rows)

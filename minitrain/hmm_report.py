@@ -65,7 +65,7 @@ def _write_analysis(a: Analysis, plot_metrics: Sequence[str]) -> None:
     a.selection.table.to_csv(out / 'model_selection.csv', index=False)
     figs = {'model_selection.png': plot_model_selection(a.selection), 'training_map.png': plot_training_map(a.map),
             'metrics_with_states.png': plot_metrics_with_states(a.decoded, plot_metrics)}
-    if a.metric in a.decoded[0]:
+    if not a.lags.empty:   # the runs have the metric
         figs['runs.png'] = plot_runs(a.decoded, a.metric, a.metric.replace('valid_', 'train_', 1))
         a.lags.to_csv(out / 'final_state_lags.csv', index=False)
     for name, fig in figs.items():

@@ -12,7 +12,7 @@ import pytest
 
 from minitrain.callbacks import set_seed
 from minitrain.cli import main
-from minitrain.experiment import ConfigError, load_config, make_experiment_learner, resolve_config
+from minitrain.experiment import ConfigError, load_config, make_experiment_learner
 from minitrain.workloads import SparseParityPreset, make_sparse_parity_learner
 
 MINITRAIN = Path(sys.executable).with_name('minitrain')   # the console script, installed beside this Python
