@@ -1,4 +1,5 @@
 # Two commands do all the set-up: `make demo` and `make test`.
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -20,10 +21,13 @@ demo: $(STAMP)
 test: $(STAMP) check-export pytest nbtest
 
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
+# the lessons run as tests too, and must leave the tree as they found it (no stray lr_find.png in nbs/)
 nbtest: $(STAMP)
-	$(BIN)/nbdev-test --n-workers 2
+	@before=$$(git status --porcelain 2>/dev/null); $(BIN)/nbdev-test --n-workers 2 && \
+	  after=$$(git status --porcelain 2>/dev/null) && if [ "$$before" != "$$after" ]; then \
+	  echo "the notebooks changed the tree:"; diff <(echo "$$before") <(echo "$$after"); exit 1; fi
 
 # minitrain/ must be exactly what nbdev-export makes of nbs/ (exported in a scratch copy, then compared).
 check-export: $(STAMP)
@@ -37,7 +41,7 @@ export: $(STAMP)
 
 # re-run the notebooks and save their outputs (figures, tables) so they read as lessons
 outputs: $(STAMP)
-	$(BIN)/nbdev-test --n-workers 2 --save
+	$(BIN)/nbdev-test --n-workers 2 --save --flags slow
 
 bench: $(STAMP)
 	@for b in benchmarks/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

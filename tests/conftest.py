@@ -1,3 +1,6 @@
+import subprocess
+from pathlib import Path
+
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt
@@ -6,9 +9,24 @@ import torch
 
 from minitrain import DataLoaders, TensorLoader
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def git_status() -> str | None:
+    "The repository's `git status --porcelain` (None outside a git checkout)."
+    try: done = subprocess.run(['git', 'status', '--porcelain'], cwd=REPO, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError): return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def pytest_sessionstart(session):
+    session.config.git_status_before = git_status()   # tests/test_zz_clean_tree.py compares the tree with this
+
 
 @pytest.fixture(autouse=True)
-def _close_figures():
+def _in_tmp(tmp_path, monkeypatch):
+    "Every test runs in its own temporary folder: whatever it writes by a relative path stays there."
+    monkeypatch.chdir(tmp_path)
     yield
     plt.close('all')
 

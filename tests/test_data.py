@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from minitrain import DataLoaders, TensorLoader, digits, fashion_mnist, read_idx
-from minitrain.data import FASHION_FILES
+from minitrain.datasets import FASHION_FILES
 
 
 def write_idx(path, arr, gz=True):

@@ -37,12 +37,19 @@ SCRIPT = textwrap.dedent('''
     class FailOnRank1(Callback):
         def before_epoch(self, learn):
             if rank() == 1 and learn.epoch == 1: raise RuntimeError('rank 1 gives up at epoch 1')
-    cbs = [DDPCB(timeout_s=60), metrics, ProgressCB(), TrainingDynamicsCB(path=out / 'run', every=1)]
+    from minitrain.probmaps import ProbMapCB
+    probmap = ProbMapCB(resolution=8, data=(x[:64], y[:64]), fill='mean')
+    cbs = [DDPCB(timeout_s=60), metrics, ProgressCB(), TrainingDynamicsCB(path=out / 'run', every=1), probmap]
     if mode == 'fail': cbs.append(FailOnRank1())
     learn = TrainLearner(model, dls, F.cross_entropy, lr=0.5, cbs=cbs)
     learn.fit(2)
-    learn.save(out / 'model.pt')
+    learn.save(out / 'model.pt')                       # rank 0 writes; every rank returns once the file is there
     (out / f'history{rank()}.json').write_text(json.dumps(metrics.history))
+    again = TrainLearner(nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 2)), dls, F.cross_entropy, lr=0.5)
+    again.load(out / 'model.pt')                       # at once, on every rank
+    (out / f'loaded{rank()}.json').write_text(json.dumps({'epoch': again.epoch, 'w': again.model[0].weight.sum().item()}))
+    if is_main_process():                              # the maps render from the unwrapped model, after the group is gone
+        (out / 'probmap.json').write_text(json.dumps([len(probmap.snapshots), list(probmap.maps()[-1].shape)]))
 ''')
 
 
@@ -74,7 +81,7 @@ def _single(tmp_path: Path, loader: str) -> Path:
 @pytest.mark.parametrize('loader', ['tensor', 'torch'])
 def test_two_ranks_train_the_model_one_process_trains_on_the_same_global_batches(tmp_path, loader):
     one, two = _single(tmp_path, loader), _launch(tmp_path, loader)
-    a, b = (torch.load(out / 'model.pt', weights_only=False)['model'] for out in (one, two))
+    a, b = (torch.load(out / 'model.pt', weights_only=True)['model'] for out in (one, two))
     assert list(a) == list(b) == ['0.weight', '0.bias', '2.weight', '2.bias']     # saved unwrapped, by rank 0
     for k in a: torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     h1 = json.loads((one / 'history0.json').read_text())
@@ -88,6 +95,27 @@ def test_two_ranks_train_the_model_one_process_trains_on_the_same_global_batches
     assert sorted(p.name for p in (two / 'run').iterdir()) == sorted(p.name for p in (one / 'run').iterdir())
     rows1, rows2 = ((out / 'run/metrics.csv').read_text().splitlines() for out in (one, two))
     assert len(rows1) == len(rows2) == 4 and rows1[0] == rows2[0]
+    # save then load at once on every rank: both ranks read the file rank 0 had just finished
+    loaded = [json.loads((two / f'loaded{r}.json').read_text()) for r in (0, 1)]
+    assert loaded[0] == loaded[1] and loaded[0]['epoch'] == 2
+    assert loaded[0]['w'] == pytest.approx(b['0.weight'].sum().item(), abs=1e-5)
+    assert json.loads((two / 'probmap.json').read_text()) == [3, [8, 8]]   # before training and after each epoch
+
+
+def test_minitrain_train_under_torchrun_shares_the_seeds_between_the_ranks(tmp_path):
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    cfg = tmp_path / 'exp.toml'
+    cfg.write_text(f'workload = "sparse_parity"\nseeds = 4\nepochs = 2\nevery = 1\nn_jobs = 1\n'
+                   f'out = "{(tmp_path / "runs").as_posix()}"\n[model]\nhidden = 8\n')
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, rdzv_backend='c10d', rdzv_endpoint='localhost:0',
+                          run_id=uuid.uuid4().hex, max_restarts=0, monitor_interval=0.2, start_method='spawn')
+    elastic_launch(config, sys.executable)(str(Path(sys.executable).with_name('minitrain')), 'train', str(cfg))
+    metas = {s: json.loads((tmp_path / 'runs' / f'seed{s}' / 'run.json').read_text()) for s in range(4)}
+    assert all(m['status'] == 'finished' for m in metas.values())
+    pids = {s: m['recorded_by']['pid'] for s, m in metas.items()}
+    assert pids[0] == pids[2] != pids[1] == pids[3]     # rank 0 trained seeds 0 and 2, rank 1 seeds 1 and 3
+    for s in range(4):                                   # each once: every checkpoint one row
+        assert (tmp_path / 'runs' / f'seed{s}' / 'metrics.csv').read_text().count('\n') == 1 + 3
 
 
 def test_a_failing_rank_stops_the_other_with_its_error(tmp_path):
@@ -132,7 +160,7 @@ def _linear_fit(cbs, loader='torch'):
 
 
 def test_accelerate_cb_says_how_to_get_accelerate(monkeypatch):
-    from minitrain.distributed import AccelerateCB
+    from minitrain.accel import AccelerateCB
     monkeypatch.setitem(sys.modules, 'accelerate', None)      # as if it were not installed
     with pytest.raises(ImportError, match=r"AccelerateCB needs Hugging Face Accelerate.*pip install accelerate"):
         AccelerateCB()
@@ -140,7 +168,7 @@ def test_accelerate_cb_says_how_to_get_accelerate(monkeypatch):
 
 def test_accelerate_cb_trains_as_the_plain_learner_and_gives_the_model_back():
     pytest.importorskip('accelerate', reason="Hugging Face Accelerate is optional: pip install 'minitrain[accelerate]'")
-    from minitrain.distributed import AccelerateCB
+    from minitrain.accel import AccelerateCB
     cb = AccelerateCB(cpu=True)
     calls = []
     real = cb.accelerator.backward

@@ -165,8 +165,10 @@ def test_resume_drops_rows_after_the_checkpoint(tmp_path):
     assert df['epoch'].tolist() == [0, 2, 4]
     folder.append({'epoch': 6, 'step': 18, 'l1': 6.5})
     assert load_runs(tmp_path / 'r')[0]['l1'].tolist() == [0., 2., 4., 6.5]
-    with pytest.raises(ValueError, match="columns"):
-        folder.append({'epoch': 8, 'l1': 1.})
+    folder.append({'epoch': 8, 'step': 24})             # a column missing from a row is left empty (NaN) ...
+    assert np.isnan(load_runs(tmp_path / 'r')[0]['l1'].iloc[-1])
+    with pytest.raises(ValueError, match="columns"):    # ... a column the file does not have is refused
+        folder.append({'epoch': 10, 'step': 30, 'l1': 1., 'l9': 2.})
 
 
 def test_a_run_folder_is_recorded_by_one_process_at_a_time(tmp_path):

@@ -171,9 +171,15 @@ def test_lsuv_init_gives_unit_variance():
         lsuv_init(dead, dead[1], dead[0], xb)
 
 
-def test_module_filter_matching_nothing_is_an_error(small):
-    with pytest.raises(CallbackError, match="no module to hook"):
-        TrainLearner(CNN(), small, F.cross_entropy, cbs=[StoreModuleStatsCB(mod_filter=lambda m: False)]).fit(1)
+def test_module_filter_matching_nothing_warns_and_trains(small):
+    "The course's ActivationStats on a model without the filtered layers trains on, with a warning (not an error)."
+    model = CNN()
+    before = [p.clone() for p in model.parameters()]
+    cb = StoreModuleStatsCB(mod_filter=lambda m: False)
+    with pytest.warns(UserWarning, match="no module to hook"):
+        TrainLearner(model, small, F.cross_entropy, lr=0.1, cbs=[cb]).fit(1)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))   # it trained
+    assert not cb.hooks
 
 
 def test_the_users_example_runs_as_written(tmp_path, monkeypatch):

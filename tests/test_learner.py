@@ -30,7 +30,7 @@ def test_event_order_one_epoch():
     TrainLearner(nn.Linear(4, 3), one_batch_dls(), F.cross_entropy, cbs=[rec]).fit(1)
     evs = [(e, t) for _, e, t in rec.log]
     train_batch = [('before_batch', True), ('after_predict', True), ('after_loss', True), ('after_backward', True),
-                   ('after_step', True), ('after_batch', True), ('cleanup_batch', True)]
+                   ('before_step', True), ('after_step', True), ('after_batch', True), ('cleanup_batch', True)]
     valid_batch = [('before_batch', False), ('after_predict', False), ('after_loss', False), ('after_batch', False),
                    ('cleanup_batch', False)]
     expected = ([('before_fit', True), ('before_epoch', True)] + train_batch * 2 +
@@ -48,9 +48,10 @@ def test_callbacks_run_in_order_ties_keep_list_order(dls):
 
 
 def test_sorted_once_per_fit(dls, monkeypatch):
+    import minitrain.learner
     calls = []
-    orig = Learner._prepare_callbacks
-    monkeypatch.setattr(Learner, '_prepare_callbacks', lambda self: (calls.append(1), orig(self)))
+    orig = minitrain.learner.dispatch_table
+    monkeypatch.setattr(minitrain.learner, 'dispatch_table', lambda *a: (calls.append(1), orig(*a))[1])
     TrainLearner(nn.Linear(4, 3), dls, F.cross_entropy, cbs=[Recorder()]).fit(2)
     assert len(calls) == 1
 
@@ -272,7 +273,8 @@ def test_summary_shapes_and_params(dls):
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
     s = TrainLearner(model, dls, F.cross_entropy).summary()
     assert [r[0] for r in s] == ['Linear', 'ReLU', 'Linear']
-    assert s[0][1:] == ((8, 4), (8, 6), 30) and s[2][1:] == ((8, 6), (8, 3), 21)
+    assert s[0][1:4] == ((8, 4), (8, 6), 30) and s[2][1:4] == ((8, 6), (8, 3), 21)
+    assert s[0][4] == pytest.approx(24 / 1e6)          # 24 weights, each used once: MFLOPs
     assert 'Total parameters: 51' in repr(s)
 
 
