@@ -14,7 +14,8 @@ from minitrain.metrics import Mean, MetricsCB, MulticlassAccuracy, WeightedMean
 from minitrain.learner import Learner, MomentumLearner, TrainCB, TrainLearner
 from minitrain.distributed import (DDPCB, barrier, distributed_loader, is_main_process, rank, unwrap_model, world_size)
 from minitrain.checkpoint import load_learner, save_learner
-from minitrain.callbacks import (BatchTransformCB, GradientAccumulationCB, GradientClipCB, MomentumCB, SingleBatchCB)
+from minitrain.callbacks import (BatchTransformCB, CapturePreds, GradientAccumulationCB, GradientClipCB, MomentumCB,
+                                 SingleBatchCB, capture_preds, show_image_batch)
 from minitrain.accel import AccelerateCB, ChannelsLastCB, CompileCB, MixedPrecision, MixedPrecisionCB
 from minitrain.plotting import get_grid, plot_func, show_image, show_images, subplots
 from minitrain.progress import ProgressCB

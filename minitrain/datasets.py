@@ -129,7 +129,7 @@ def read_cifar(root: str | Path, name: str = 'cifar10') -> Images:
         raise _missing(name.upper(), root, missing, f"torchvision.datasets.{name.upper()}(root, download=True)")
     return Images(xt, yt, xv, yv, _cifar_classes(root / py, name, 10 if name == 'cifar10' else 100))
 
-# %% ../nbs/01_datasets.ipynb #24587aad
+# %% ../nbs/01_datasets.ipynb #8193094f
 def read_image_folder(root: str | Path, size: int | tuple[int, int] | None = None, channels: int | None = None) -> Images:
     "Images in `root/train/<class>/` and `root/valid/<class>/` (or `val/`, `test/`) as uint8 tensors, class names sorted."
     from torchvision.datasets import ImageFolder
@@ -140,7 +140,9 @@ def read_image_folder(root: str | Path, size: int | tuple[int, int] | None = Non
         raise FileNotFoundError(f"image folder {root}: expected {root}/train/<class>/*.png and {root}/valid/<class>/*.png "
                                 f"(or val/, test/) with one folder per class.")
     mode = {1: 'L', 3: 'RGB', None: None}[channels]
-    tfm = T.Compose([T.PILToTensor()] + ([T.Resize(size, antialias=True)] if size else []))
+    # size=n: the shorter side to n, then the centre n x n square (photos of any shape stack); size=(h, w): resized
+    sizing = [] if not size else [T.Resize(size, antialias=True)] + ([T.CenterCrop(size)] if isinstance(size, int) else [])
+    tfm = T.Compose([T.PILToTensor(), *sizing])
     loader = (lambda p: _open_image(p, mode))
     train, val = ImageFolder(root / 'train', transform=tfm, loader=loader), ImageFolder(valid, transform=tfm, loader=loader)
     if train.classes != val.classes:
@@ -149,7 +151,7 @@ def read_image_folder(root: str | Path, size: int | tuple[int, int] | None = Non
         items = [ds[i] for i in range(len(ds))]
         shapes = {tuple(x.shape) for x, _ in items}
         if len(shapes) > 1: raise ValueError(f"image folder {root}/{split}: images of sizes {sorted(shapes)[:4]}: pass "
-                                             f"size=(H, W) to resize them, and channels=3 (or 1) to make their channels agree.")
+                                             f"size=n (centre squares) or size=(H, W) to resize them, and channels=3 (or 1) to make their channels agree.")
         return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.long)
     return Images(*stack(train, 'train'), *stack(val, valid.name), tuple(train.classes))
 
@@ -175,7 +177,7 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.float().div_(255)
     return x.mean((0, 2, 3)).view(-1, 1, 1), x.std((0, 2, 3)).view(-1, 1, 1).clamp_min(1e-6)
 
-# %% ../nbs/01_datasets.ipynb #8e234cef
+# %% ../nbs/01_datasets.ipynb #f64434f3
 class _Normalized(torch.utils.data.Dataset):
     "uint8 images converted one by one: to floats, an optional torchvision transform, then normalised."
     def __init__(self, x, y, mean, std, tfm=None): self.x, self.y, self.mean, self.std, self.tfm = x, y, mean, std, tfm
@@ -189,19 +191,22 @@ def vision_dls(images: Images, bs: int = 64, in_memory: bool = True, augment: bo
                device: torch.device | str | None = None, num_workers: int = 0) -> DataLoaders:
     "`DataLoaders` of `images`, normalised with the training split's per-channel statistics (see above)."
     mean, std = channel_stats(images.x_train)
+    # the training loader drops an incomplete last batch, as fastai's does: a batch of one image breaks BatchNorm,
+    # and a batch of a few would get a whole step's weight (unless the data is less than one batch)
+    drop = len(images.x_train) > bs
     if in_memory:
         if augment: raise ValueError("vision_dls(in_memory=True) keeps whole batches on the device: augment them with "
                                      "BatchTransformCB(augment_batch(), on_valid=False), or pass in_memory=False.")
         if device is None: device = 'cuda' if torch.cuda.is_available() else 'cpu'
         norm = lambda x: ((x.float().div_(255) - mean) / std).to(device)
-        return DataLoaders(TensorLoader(norm(images.x_train), images.y_train.to(device), bs=bs, shuffle=True),
+        return DataLoaders(TensorLoader(norm(images.x_train), images.y_train.to(device), bs=bs, shuffle=True, drop_last=drop),
                            TensorLoader(norm(images.x_valid), images.y_valid.to(device), bs=bs * 2))
     from torchvision.transforms import v2 as T
     h, w = images.x_train.shape[-2:]
     tfm = T.Compose([T.RandomCrop((h, w), padding=4), T.RandomHorizontalFlip()]) if augment else None
     pin = torch.cuda.is_available()
     return DataLoaders(DataLoader(_Normalized(images.x_train, images.y_train, mean, std, tfm), bs, shuffle=True,
-                                  num_workers=num_workers, pin_memory=pin),
+                                  drop_last=drop, num_workers=num_workers, pin_memory=pin),
                        DataLoader(_Normalized(images.x_valid, images.y_valid, mean, std), bs * 2, num_workers=num_workers,
                                   pin_memory=pin))
 

@@ -213,11 +213,11 @@ def flush_stats(hooks: Sequence[StoreModuleStats]) -> None:
     "Compute and copy to the host the pending statistics of all `hooks` (one copy per shared buffer)."
     for buffer in {id(h.buffer): h.buffer for h in hooks}.values(): buffer.flush()
 
-# %% ../nbs/20_hooks.ipynb #be96ee8d
+# %% ../nbs/20_hooks.ipynb #e788de2f
 class HooksCallback(Callback):
     "Attach hooks (a hook function, or a `Hook` subclass as `hook_cls`) to modules for the length of each fit."
     hookfunc = hook_cls = mods = None              # defaults for subclasses that store their own arguments (SlowAI)
-    mod_filter, on_train, on_valid, hooks = staticmethod(noop), True, False, ()
+    mod_filter, on_train, on_valid, on_val, hooks = staticmethod(noop), True, False, None, ()   # on_val: SlowAI's name
     def __init__(self, hookfunc: Callable | None = None, mod_filter: Callable = noop, on_train: bool = True,
                  on_valid: bool = False, mods: Iterable[nn.Module] | None = None, hook_cls: Callable | None = None):
         if (hookfunc is None) == (hook_cls is None):
@@ -243,7 +243,7 @@ class HooksCallback(Callback):
         self.hooks = [self._make_hook(m) for m in mods]
 
     def before_epoch(self, learn):
-        active = in_phase(learn.model.training, self.on_train, self.on_valid)
+        active = in_phase(learn.model.training, self.on_train, self.on_valid if self.on_val is None else self.on_val)
         for h in self.hooks: h.active = active
 
     def cleanup_fit(self, learn):

@@ -15,9 +15,9 @@ from fastprogress import fastprogress
 from .output import live_output
 
 # %% auto #0
-__all__ = ['IDLE_WORKER_S', 'check_n_jobs', 'parallel_map', 'Interrupted', 'signal_handler', 'stop_on_signals']
+__all__ = ['IDLE_WORKER_S', 'other_backend', 'check_n_jobs', 'parallel_map', 'Interrupted', 'signal_handler', 'stop_on_signals']
 
-# %% ../nbs/17_parallel.ipynb #26bb8d6e
+# %% ../nbs/17_parallel.ipynb #555235b4
 def _watch_parent(parent: int) -> None:
     "Worker initializer: end this worker once the process that started it is gone; ignore Ctrl-C between jobs."
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides what a Ctrl-C means; a job installs its own handler
@@ -29,7 +29,7 @@ def _watch_parent(parent: int) -> None:
 def _numbered(fn: Callable, i: int, job: tuple) -> tuple[int, Any]:
     return i, fn(*job)
 
-def _other_backend(backend: str | None) -> bool:
+def other_backend(backend: str | None) -> bool:
     "Whether jobs go to a backend other than our local loky pool: named here, or set with joblib's `parallel_config`."
     if backend is not None: return True
     configured, _ = joblib.parallel.get_active_backend()
@@ -42,14 +42,14 @@ def check_n_jobs(n_jobs: Any, where: str = 'n_jobs') -> None:
     if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1):
         raise ValueError(f"{where} must be a whole number of worker processes >= 1 (or left out for all cores), got {n_jobs!r}.")
 
-# %% ../nbs/17_parallel.ipynb #aa59bd0c
+# %% ../nbs/17_parallel.ipynb #0ca8e390
 def parallel_map(fn: Callable, jobs: Sequence[tuple], n_jobs: int | None = 1, on_result: Callable[[Any], None] | None = None,
                  progress: bool = False, backend: str | None = None) -> list:
     "`[fn(*job) for job in jobs]` on joblib (`backend`, default loky; `n_jobs=None`: all cores); `on_result` sees each as it ends."
     check_n_jobs(n_jobs)
     results: list = [None] * len(jobs)
     bar = (lambda it: fastprogress.progress_bar(it, total=len(jobs))) if progress and live_output() else (lambda it: it)
-    other = _other_backend(backend)
+    other = other_backend(backend)
     if not other and (n_jobs == 1 or len(jobs) <= 1):
         for i in bar(range(len(jobs))):
             results[i] = fn(*jobs[i])

@@ -294,7 +294,7 @@ def interpolate_maps(maps: Sequence[ProbMap], factor: int | None, kind: str = 'l
     frames = _Frames(maps, factor, kind)
     return [frames[i] for i in range(len(frames))]
 
-# %% ../nbs/50_probmaps.ipynb #f098512b
+# %% ../nbs/50_probmaps.ipynb #8e64267e
 def quantize_frames(frames: Sequence[Image.Image], exact: Sequence[tuple[int, int, int]] = ()) -> list[Image.Image]:
     "Frames in one 256-colour palette that holds the `exact` colours exactly (class colours stay true in a GIF)."
     frames = [f.convert('RGB') for f in frames]
@@ -306,12 +306,13 @@ def quantize_frames(frames: Sequence[Image.Image], exact: Sequence[tuple[int, in
     rest = mosaic.quantize(256 - len(exact), method=Image.Quantize.MEDIANCUT).getpalette()[:3 * (256 - len(exact))]
     palette = Image.new('P', (1, 1))
     palette.putpalette([v for c in exact for v in c] + rest)
-    out = []
+    out, keys = [], [(r << 16) | (g << 8) | b for r, g, b in exact]
     for f in frames:
         q = f.quantize(palette=palette, dither=Image.Dither.NONE)
         # Pillow looks colours up in a coarse cache, which can give an exact colour a near neighbour: put them back
-        rgb, idx = np.asarray(f), np.array(q)
-        for i, c in enumerate(exact): idx[(rgb == c).all(-1)] = i
+        rgb, idx = np.asarray(f).astype(np.int32), np.array(q)
+        packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]   # one number per pixel: 1 compare per colour
+        for i, key in enumerate(keys): idx[packed == key] = i
         fixed = Image.fromarray(idx, 'P')
         fixed.putpalette(palette.getpalette())
         out.append(fixed)

@@ -8,7 +8,7 @@ PKG = Path(__file__).parent.parent / 'minitrain'
 CORE = {'data', 'datasets', 'events', 'output', 'files', 'device', 'seed', 'metrics', 'learner', 'checkpoint', 'callbacks',
         'accel', 'plotting', 'pages', 'progress', 'schedulers', 'models', 'parallel', 'distributed'}
 WINGS = {'hooks': {'hooks'}, 'probmaps': {'probmaps'},
-         'dynamics': {'weight_metrics', 'workloads', 'runs', 'dynamics_cb', 'dynamics', 'hmm', 'hmm_plots', 'hmm_html',
+         'dynamics': {'weight_metrics', 'workloads', 'runs', 'dynamics_cb', 'dynamics', 'hmm_em', 'hmm', 'hmm_plots', 'hmm_html',
                       'hmm_report'}}
 APP = {'report', 'experiment', 'demo', 'cli'}   # the minitrain command and its pages: may import anything, imported by none
 

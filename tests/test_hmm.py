@@ -232,3 +232,16 @@ def test_analyze_runs_reads_a_folder_of_the_original_codes_csvs(tmp_path):
     assert adjusted_rand_score(np.concatenate(truth), pred) > 0.9
     assert a.regression is not None and a.regression.r2 > 0.5            # convergence read from eval_accuracy
     assert (folder / 'analysis' / 'training_map.html').exists()
+
+
+def test_a_loss_missing_at_the_first_checkpoint_leaves_out_that_row_not_the_run(known):
+    "A loss recorded before any training is NaN at checkpoint 0: the rest of the run is analysed, states aligned."
+    runs, truth, _ = known
+    dfs = frames(runs, truth)
+    for df in dfs: df.loc[0, 'f0'] = np.nan
+    with pytest.warns(RuntimeWarning, match='first 1 checkpoint'):
+        sel = fit_hmms(dfs, FEATS, ks=[3], restarts=2, n_jobs=1, seed=0, n_iter=32)
+    assert sel.data.dropped_runs == [] and all(len(x) == len(r) - 1 for x, r in zip(sel.data.arrays, runs))
+    decoded = decode(sel, dfs)
+    for d, t in zip(decoded, truth):
+        assert d['latent_state'].iloc[0] == -1 and (d['latent_state'].to_numpy()[1:] == t[1:]).mean() > 0.95
