@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 # %% auto #0
-__all__ = ['TensorLoader', 'inplace', 'collate_dict', 'get_dls', 'check_loader', 'DataLoaders', 'digits']
+__all__ = ['MOVED_TO_DATASETS', 'TensorLoader', 'inplace', 'collate_dict', 'get_dls', 'check_loader', 'DataLoaders', 'digits']
 
 # %% ../nbs/00_data.ipynb #1839b170
 class TensorLoader:
@@ -115,3 +115,13 @@ def digits(bs: int = 64, flatten: bool = False, valid_frac: float = 0.2, seed: i
     if not flatten: x = x.view(-1, 1, 8, 8)
     return DataLoaders(TensorLoader(x[train_idx], y[train_idx], bs=bs, shuffle=True),
                        TensorLoader(x[valid_idx], y[valid_idx], bs=bs * 2))
+
+# %% ../nbs/00_data.ipynb #f89815fb
+MOVED_TO_DATASETS = ('FASHION_FILES', 'FASHION_CLASSES', 'FASHION_DEFAULT', 'read_idx', 'fashion_mnist')
+
+def __getattr__(name: str):
+    "minitrain 0.2's names for the Fashion-MNIST reader, now in `minitrain.datasets`."
+    if name in MOVED_TO_DATASETS:
+        import minitrain.datasets
+        return getattr(minitrain.datasets, name)
+    raise AttributeError(f"module 'minitrain.data' has no attribute {name!r}")

@@ -152,3 +152,11 @@ class DDPCB(Callback):
             ErrorHandler().record_exception(learn.error)   # torchrun's summary then shows this rank's real error
         learn.model, learn.dls = self.model, self.dls
         self.active = False
+
+# %% ../nbs/16_distributed.ipynb #4142c07d
+def __getattr__(name: str):
+    "minitrain 0.2's `distributed.AccelerateCB`, now `minitrain.accel.AccelerateCB`."
+    if name == 'AccelerateCB':
+        import minitrain.accel
+        return minitrain.accel.AccelerateCB
+    raise AttributeError(f"module 'minitrain.distributed' has no attribute {name!r}")

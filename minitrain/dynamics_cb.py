@@ -48,7 +48,7 @@ def describe_run(learn: Any) -> dict:
         'recorded_by': {'host': platform.node(), 'pid': os.getpid()},   # who wrote it, in a shared folder
     }
 
-# %% ../nbs/33_dynamics_cb.ipynb #014eb5ad
+# %% ../nbs/33_dynamics_cb.ipynb #2dd56e00
 class TrainingDynamicsCB(Callback):
     "Weight metrics every `every` epochs/steps, one row per checkpoint, handed to the run folder `path` as they come."
     order = 10   # after MetricsCB, whose rows it reads, and after mixed precision has unscaled the gradients
@@ -64,7 +64,7 @@ class TrainingDynamicsCB(Callback):
         self.pooled, self.save_checkpoint, self.seed, self.target_epochs = pooled, save_checkpoint, seed, target_epochs
         self.accuracy = accuracy   # the MetricsCB metric written as train_accuracy / valid_accuracy
         self.folder = path if isinstance(path, RunFolder) or path is None else RunFolder(path)
-        self.rows: list[dict] = []
+        self.rows, self.watchers = [], []   # watchers add columns to each row as it is made (LatentStateCB): see `watch`
         self.init = self.prev = self._grads = None
 
     @property
@@ -75,7 +75,12 @@ class TrainingDynamicsCB(Callback):
         "The columns of this callback's rows: keys, the weight metrics (pooled, then per hook point), the losses."
         names = list(PAPER_METRICS + EXTRA_METRICS)
         hps = [] if self.hookpoints is None else list(self.hookpoints)
-        return ['epoch', 'step', *(names if self.pooled else []), *[f'{hp}.{k}' for hp in hps for k in names], *LOSS_COLUMNS]
+        return ['epoch', 'step', *(names if self.pooled else []), *[f'{hp}.{k}' for hp in hps for k in names], *LOSS_COLUMNS,
+                *[c for w in self.watchers for c in w.columns]]
+
+    def watch(self, watcher: Any) -> None:
+        "Let `watcher` add its `columns` to each row: `watcher.values(row, learn)` sees every new row first."
+        if watcher not in self.watchers: self.watchers.append(watcher)
 
     def _current_key(self, learn, epochs_done: int | None = None) -> int:
         return (learn.epoch if epochs_done is None else epochs_done) if self.unit == 'epoch' else learn.train_steps
@@ -132,6 +137,7 @@ class TrainingDynamicsCB(Callback):
         m = weight_metrics(model, self.include, self.exclude, self.hookpoints, self.pooled, self.init, self.prev,
                            self._grads if self._grads is not None else {})
         row = {'epoch': epochs_done, 'step': learn.train_steps, **m, **self._losses(learn, epochs_done)}
+        for w in self.watchers: row.update(w.values(row, learn))
         self.rows.append(row)
         self._written.add(key)
         self.prev, self._grads = {n: p.detach().clone() for n, p in model.named_parameters()}, None

@@ -138,3 +138,11 @@ class with_cbs:
                 raise
             o.callback(cleanup)
         return _f
+
+# %% ../nbs/02_events.ipynb #da98cbf1
+def __getattr__(name: str):
+    "minitrain 0.2's `events.model_device`, now `minitrain.device.model_device`."
+    if name == 'model_device':
+        import minitrain.device
+        return minitrain.device.model_device
+    raise AttributeError(f"module 'minitrain.events' has no attribute {name!r}")

@@ -56,7 +56,7 @@ def _column(df: pd.DataFrame, name: str) -> pd.Series:
 def _name(run: Any, i: int) -> str:
     return getattr(run, 'attrs', {}).get('name') or f'run{i}'
 
-# %% ../nbs/36_hmm.ipynb #af8da9e1
+# %% ../nbs/36_hmm.ipynb #e2b6dcb0
 @dataclass
 class PreparedRuns:
     "z-scored feature arrays per run, with names, the features used, and the epochs of each row."
@@ -67,6 +67,9 @@ class PreparedRuns:
     dropped_runs: list[str] = field(default_factory=list)
     dropped_features: list[str] = field(default_factory=list)
     starts: dict[str, int] = field(default_factory=dict)   # rows left out at the start of a run (NaN before training)
+    normalize: str = 'run'                   # 'run': each run z-scored by itself; 'pooled': by `center` and `scale`
+    center: np.ndarray | None = None         # (pooled) the mean and std of every analysed checkpoint, per feature
+    scale: np.ndarray | None = None
 
     @property
     def lengths(self) -> list[int]: return [len(a) for a in self.arrays]
@@ -97,14 +100,17 @@ def _feature_matrix(run: Any, name: str, features: list[str]) -> tuple[np.ndarra
         raise ValueError(f"{name}: expected an array of shape (checkpoints, {len(features)}), got {x.shape}.")
     return x, np.arange(len(x))
 
-def prepare_runs(runs: Sequence, features: Sequence[str] | None = None, first_n: int | None = None) -> PreparedRuns:
-    "Select features, cut to `first_n` rows, drop NaN runs, empty and constant features (with warnings), z-score each run."
+def prepare_runs(runs: Sequence, features: Sequence[str] | None = None, first_n: int | None = None,
+                 normalize: str = 'run', center: np.ndarray | None = None, scale: np.ndarray | None = None) -> PreparedRuns:
+    "Select features, cut to `first_n` rows, drop NaN runs, empty and constant features (with warnings), z-score."
+    if normalize not in ('run', 'pooled'): raise ValueError(f"normalize must be 'run' or 'pooled', got {normalize!r}.")
+    fixed = center is not None   # a fitted analysis' own statistics: the features are fixed too
     features = list(features or PAPER_METRICS)
     names = [_name(run, i) for i, run in enumerate(runs)]
     matrices = [_feature_matrix(run, name, features) for run, name in zip(runs, names)]
     if first_n is not None: matrices = [(x[:first_n], ep[:first_n]) for x, ep in matrices]
     empty = [f for j, f in enumerate(features) if matrices and not any(np.isfinite(x[:, j]).any() for x, _ in matrices)]
-    if empty and len(empty) < len(features):
+    if empty and len(empty) < len(features) and not fixed:
         warnings.warn(f"features {empty} have no values in any run (NaN everywhere): dropped.", RuntimeWarning)
         keep = [j for j, f in enumerate(features) if f not in empty]
         matrices = [(x[:, keep], ep) for x, ep in matrices]
@@ -131,16 +137,22 @@ def prepare_runs(runs: Sequence, features: Sequence[str] | None = None, first_n:
         warnings.warn(f"{len(trimmed)} run(s) start with checkpoints that lack some features (NaN, e.g. a loss before "
                       f"any training): their first {max(trimmed.values())} checkpoint(s) at most are left out.", RuntimeWarning)
     if not raw: raise ValueError(f"no usable runs: every run was empty or had NaN/inf in the chosen features {features}.")
-    constant = sorted({features[j] for x in raw for j in np.where(x.std(0) < 1e-12)[0]})
+    if normalize == 'pooled':
+        pooled = np.concatenate(raw)
+        center, scale = (pooled.mean(0), pooled.std(0)) if not fixed else (np.asarray(center), np.asarray(scale))
+        constant = [] if fixed else sorted(features[j] for j in np.where(scale < 1e-12)[0])
+    else: constant = sorted({features[j] for x in raw for j in np.where(x.std(0) < 1e-12)[0]})
     if constant:
-        warnings.warn(f"features {constant} are constant within at least one run and cannot be z-scored: dropped. "
+        warnings.warn(f"features {constant} are constant within {'at least one run' if normalize == 'run' else 'the runs'} and cannot be z-scored: dropped. "
                       f"(A metric that never moves carries no information about phases.)", RuntimeWarning)
         keep = [j for j, f in enumerate(features) if f not in constant]
         if not keep: raise ValueError(f"all features {features} are constant in some run: nothing to model.")
         raw = [x[:, keep] for x in raw]
         features = [features[j] for j in keep]
-    arrays = [(x - x.mean(0)) / x.std(0) for x in raw]
-    return PreparedRuns(arrays, kept_names, features, epochs, dropped_runs, constant, trimmed)
+        if normalize == 'pooled': center, scale = center[keep], scale[keep]
+    if normalize == 'pooled': arrays = [(x - center) / scale for x in raw]
+    else: arrays = [(x - x.mean(0)) / x.std(0) for x in raw]
+    return PreparedRuns(arrays, kept_names, features, epochs, dropped_runs, constant, trimmed, normalize, center, scale)
 
 # %% ../nbs/36_hmm.ipynb #57d55330
 def sticky_transmat(k: int, stay: float = 0.95) -> np.ndarray:
@@ -281,17 +293,17 @@ def relabel_by_first_visit(model, arrays: Sequence[np.ndarray]):
     "A copy of `model` whose states are numbered by the mean relative time of their first Viterbi visit."
     return _relabel(model, arrays)[0]
 
-# %% ../nbs/36_hmm.ipynb #1711de9d
+# %% ../nbs/36_hmm.ipynb #91efb493
 def fit_hmms(runs: Sequence, features: Sequence[str] | None = None, ks: Iterable[int] = range(1, 9), restarts: int = 5,
              covariance_type: str = 'full', test_frac: float = 0.2, first_n: int | None = None, seed: int = 0,
              n_jobs: int | None = None, n_iter: int = 100, tol: float = 1e-2, init: str = 'sticky', stay: float = 0.95,
              min_covar: float = 1e-3, criterion: str = 'bic', backend: str | None = None,
-             engine: str = 'torch') -> ModelSelection:
+             engine: str = 'torch', normalize: str = 'run') -> ModelSelection:
     "Fit Gaussian HMMs for every K (seeded restarts, on joblib's `backend`), score held-out runs, choose K by `criterion`."
     if init not in ('sticky', 'random'): raise ValueError(f"init must be 'sticky' or 'random', got {init!r}.")
     if engine not in ('torch', 'hmmlearn'): raise ValueError(f"engine must be 'torch' or 'hmmlearn', got {engine!r}.")
     if criterion not in ('bic', 'aic', 'loglik'): raise ValueError(f"criterion must be 'bic', 'aic' or 'loglik', got {criterion!r}.")
-    data = prepare_runs(runs, features, first_n)
+    data = prepare_runs(runs, features, first_n, normalize)
     n = len(data.arrays)
     if n < 2: raise ValueError(f"need at least 2 usable runs (one to fit, one to hold out), got {n}.")
     order = np.random.default_rng(seed).permutation(n)
@@ -343,7 +355,7 @@ def fit_hmms(runs: Sequence, features: Sequence[str] | None = None, ks: Iterable
                       "covariance_type='diag', fewer features, or more runs.", RuntimeWarning)
     return sel
 
-# %% ../nbs/36_hmm.ipynb #4a884b95
+# %% ../nbs/36_hmm.ipynb #99777753
 def _model_of(model_or_selection):
     return model_or_selection.model if isinstance(model_or_selection, ModelSelection) else model_or_selection
 
@@ -364,10 +376,12 @@ def _with_states(runs: Sequence[pd.DataFrame], states_by_name: dict[str, np.ndar
 def decode(model_or_selection, runs: Sequence[pd.DataFrame], features: Sequence[str] | None = None,
            first_n: int | None = None) -> list[pd.DataFrame]:
     "Viterbi state per checkpoint of each run, as a `latent_state` column on a copy of the run."
-    model = _model_of(model_or_selection)
+    model, norm = _model_of(model_or_selection), {}
     if isinstance(model_or_selection, ModelSelection):
-        features = features or model_or_selection.data.features
-    data = prepare_runs(runs, features, first_n)
+        fitted = model_or_selection.data
+        features = features or fitted.features
+        if fitted.normalize == 'pooled': norm = dict(normalize='pooled', center=fitted.center, scale=fitted.scale)
+    data = prepare_runs(runs, features, first_n, **norm)
     return _with_states(runs, {name: model.predict(x) for name, x in zip(data.names, data.arrays)}, data.starts)
 
 # %% ../nbs/36_hmm.ipynb #69640c52
@@ -397,7 +411,7 @@ def posterior_gradient(model, x: np.ndarray, t: int, k: int, posterior: np.ndarr
     pulls = np.einsum('kij,kj->ki', prec, model.means_ - x[t])     # P_h (mu_h - z_t) for every state h
     return pulls[k] - post @ pulls
 
-# %% ../nbs/36_hmm.ipynb #c2a2e9d6
+# %% ../nbs/36_hmm.ipynb #04e73cf5
 @dataclass
 class TrainingMap:
     "States (nodes), observed transitions (edges), start and end states, and the features used."
@@ -424,15 +438,18 @@ def state_segments(states: np.ndarray) -> list[tuple[int, int, int]]:
             out.append((int(states[start]), start, t)); start = t
     return out
 
-def training_map(selection: ModelSelection, top_n: int = 3, importance: str = 'mean_abs') -> TrainingMap:
-    "The training map of the chosen model over all analysed runs; `importance` 'mean_abs' (the paper's) or 'abs_mean'."
+def training_map(selection: ModelSelection, top_n: int = 3, importance: str = 'mean_abs',
+                 runs: Iterable[str] | None = None) -> TrainingMap:
+    "The training map of the chosen model over the analysed runs (or those named in `runs`); `importance` 'mean_abs' or 'abs_mean'."
     if importance not in ('mean_abs', 'abs_mean'): raise ValueError(f"importance must be 'mean_abs' or 'abs_mean', got {importance!r}.")
     model, data = selection.model, selection.data
     K, feats = model.n_components, data.features
+    wanted = set(data.names) if runs is None else set(runs)
     occupancy, visits, first_epochs = np.zeros(K), [set() for _ in range(K)], [[] for _ in range(K)]
     grads, epochs, runs_with = {}, {}, {}
     starts, ends = {}, {}
     for name, x, ep, s in zip(data.names, data.arrays, data.epochs, selection.states):
+        if name not in wanted: continue
         post = filtered_posteriors(model, x)
         starts[int(s[0])] = starts.get(int(s[0]), 0) + 1
         ends[int(s[-1])] = ends.get(int(s[-1]), 0) + 1
@@ -446,7 +463,7 @@ def training_map(selection: ModelSelection, top_n: int = 3, importance: str = 'm
             grads.setdefault((j, k), []).append(posterior_gradient(model, x, t, k, post[t]))
             epochs.setdefault((j, k), []).append(float(ep[t]))
             runs_with.setdefault((j, k), set()).add(name)
-    total = occupancy.sum()
+    total = max(occupancy.sum(), 1)
     nodes = {k: {'share': float(occupancy[k] / total), 'n_runs': len(visits[k]), 'runs': sorted(visits[k]),
                  'first_epoch': float(np.mean(first_epochs[k])) if first_epochs[k] else float('nan'),
                  'mean': dict(zip(feats, model.means_[k].round(4).tolist()))} for k in range(K)}
@@ -459,7 +476,7 @@ def training_map(selection: ModelSelection, top_n: int = 3, importance: str = 'm
                          'prob': float(model.transmat_[j, k]), 'mean_epoch': float(np.mean(epochs[(j, k)])),
                          'std_epoch': float(np.std(epochs[(j, k)])),
                          'features': [{'feature': feats[i], 'importance': float(imp[i]), 'delta': float(delta[i])} for i in top]}
-    return TrainingMap(nodes, edges, starts, ends, list(feats), len(data.names))
+    return TrainingMap(nodes, edges, starts, ends, list(feats), len(wanted & set(data.names)))
 
 # %% ../nbs/36_hmm.ipynb #5c759e25
 @dataclass

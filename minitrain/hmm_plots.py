@@ -38,7 +38,7 @@ def plot_model_selection(selection: ModelSelection, ax=None, figsize: tuple = (1
     tidy(fig)
     return fig
 
-# %% ../nbs/37_hmm_plots.ipynb #aaced563
+# %% ../nbs/37_hmm_plots.ipynb #459fd7d6
 STATE_COLORS = plt.get_cmap('tab10')
 
 def state_color(k: int):
@@ -67,11 +67,12 @@ def edge_label(e: dict) -> str:
     "Runs, mean epoch and top features (signed change in z-units) of a training-map edge."
     return f"{e['n_runs']} runs, epoch {e['mean_epoch']:.0f}\n{', '.join(feature_changes(e))}"
 
-def plot_training_map(tmap: TrainingMap, ax=None, figsize: tuple | None = None, labels: bool = True):
-    "The training map as a network graph (matplotlib). Returns the figure."
+def plot_training_map(tmap: TrainingMap, ax=None, figsize: tuple | None = None, labels: bool = True,
+                      layout: dict[int, tuple[float, float]] | None = None):
+    "The training map as a network graph (matplotlib; `layout`: state positions, to draw two maps alike). Returns the figure."
     fig, a = one_axes(ax, figsize or (2.4 * len(tmap.nodes) + 2, 5.5))
     if not tmap.nodes: return empty_plot(a, 'no states').figure
-    pos = map_layout(tmap)
+    pos = layout or map_layout(tmap)
     max_runs = max([e['n_runs'] for e in tmap.edges.values()] or [1])
     for i, ((j, k), e) in enumerate(sorted(tmap.edges.items(), key=lambda kv: (pos[kv[0][0]][0], pos[kv[0][1]][0]))):
         rad = edge_curvature(pos, j, k, tmap.edges)

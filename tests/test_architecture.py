@@ -1,5 +1,6 @@
 "The shape of the package: a core that imports itself without cycles, wings that never import each other, an app on top."
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -8,16 +9,23 @@ PKG = Path(__file__).parent.parent / 'minitrain'
 CORE = {'data', 'datasets', 'events', 'output', 'files', 'device', 'seed', 'metrics', 'learner', 'checkpoint', 'callbacks',
         'accel', 'plotting', 'pages', 'progress', 'schedulers', 'models', 'parallel', 'distributed'}
 WINGS = {'hooks': {'hooks'}, 'probmaps': {'probmaps'},
-         'dynamics': {'weight_metrics', 'workloads', 'runs', 'dynamics_cb', 'dynamics', 'hmm_em', 'hmm', 'hmm_plots', 'hmm_html',
+         'dynamics': {'weight_metrics', 'workloads', 'runs', 'dynamics_cb', 'dynamics', 'hmm_em', 'hmm', 'hmm_plots', 'hmm_html', 'latent', 'compare',
                       'hmm_report'}}
 APP = {'report', 'experiment', 'demo', 'cli'}   # the minitrain command and its pages: may import anything, imported by none
 
 
-def imports(module: str) -> list[tuple[str, list[str]]]:
+def moved_name_lookups(tree: ast.Module) -> set[ast.AST]:
+    "The nodes inside a module-level `__getattr__`: where a module looks up names that moved out of it (0.2 -> 0.3)."
+    return {n for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == '__getattr__' for n in ast.walk(f)}
+
+
+def imports(module: str, with_moved: bool = False) -> list[tuple[str, list[str]]]:
     "(imported minitrain module, names) for every import of minitrain code in `module`, at any depth."
     tree = ast.parse((PKG / f'{module}.py').read_text())
+    skip = set() if with_moved else moved_name_lookups(tree)
     out = []
     for node in ast.walk(tree):
+        if node in skip: continue
         if isinstance(node, ast.ImportFrom):
             if node.level == 1 and node.module: out.append((node.module, [a.name for a in node.names]))
             elif node.level == 1: out += [(a.name, []) for a in node.names]          # from . import module
@@ -34,6 +42,17 @@ GRAPH = {m: {dep for dep, _ in imports(m)} for m in MODULES}
 def test_every_module_has_a_place():
     placed = CORE.union(APP, *WINGS.values())
     assert set(MODULES) == placed, f"modules not in the architecture: {set(MODULES) - placed}; gone: {placed - set(MODULES)}"
+
+
+def test_moved_names_are_only_looked_up_lazily_and_only_for_the_names_that_moved():
+    "A module-level __getattr__ may import (when called) the module a name moved to; it must raise for any other name."
+    for m in MODULES:
+        tree = ast.parse((PKG / f'{m}.py').read_text())
+        lazy = moved_name_lookups(tree)
+        if not lazy: continue
+        assert any(isinstance(n, ast.Raise) for n in lazy), f"{m}.__getattr__ must raise AttributeError for other names"
+        mod = importlib.import_module(f'minitrain.{m}')
+        with pytest.raises(AttributeError): getattr(mod, 'no_such_name_anywhere')
 
 
 def test_no_import_cycles():

@@ -252,3 +252,22 @@ def test_probmap_callback_reused_by_a_new_learner_starts_a_new_film():
     assert len(cb.snapshots) == 3
     learn.fit(1)
     assert len(cb.snapshots) == 4
+
+
+def test_names_that_moved_in_0_3_still_import_from_their_old_modules():
+    "minitrain 0.2's public names, from the modules 0.2 had them in (each now lives where its idea is)."
+    import importlib
+    moved = {'minitrain.data': ['FASHION_FILES', 'FASHION_CLASSES', 'FASHION_DEFAULT', 'read_idx', 'fashion_mnist'],
+             'minitrain.events': ['model_device'], 'minitrain.distributed': ['AccelerateCB'],
+             'minitrain.callbacks': ['set_seed', 'MetricsCB', 'DeviceCB', 'Mean', 'MulticlassAccuracy', 'to_device', 'to_cpu',
+                                     'def_device', 'collate_device', 'clean_mem', 'default_device'],
+             'minitrain.dynamics': ['RunFolder', 'TrainingDynamicsCB', 'load_runs'],
+             'minitrain.hmm_html': ['PAGE_STYLE', 'TOOLTIP_SCRIPT'], 'minitrain.experiment': ['OPTIMIZERS', 'Workload'],
+             'minitrain.cli': ['logger', 'cmd_demo', 'cmd_train', 'cmd_analyze'], 'minitrain.report': ['logger']}
+    for module, names in moved.items():
+        m = importlib.import_module(module)
+        for n in names: assert getattr(m, n) is not None, (module, n)
+    import minitrain.data
+    with pytest.raises(AttributeError, match="has no attribute 'fashion_mnit'"): minitrain.data.fashion_mnit
+    from minitrain.datasets import fashion_mnist
+    assert minitrain.data.fashion_mnist is fashion_mnist

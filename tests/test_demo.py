@@ -10,7 +10,7 @@ import pytest
 
 MINITRAIN = Path(sys.executable).with_name('minitrain')
 SECTIONS = ['A CNN on digits', 'Inside the network: activation statistics', 'Grokking on modular addition',
-            'Sparse parities', 'Class-probability maps']
+            'Sparse parities', 'Two widths compared', 'Class-probability maps']
 
 
 @pytest.fixture(scope='module')
@@ -35,10 +35,11 @@ def test_the_page_has_every_section_and_its_files(report):
                  'modular_addition_analysis/model_selection.png', 'modular_addition_analysis/metrics_with_states.png',
                  'sparse_parity_analysis/runs.png', 'probmap_region.gif', 'probmap_boundary.gif', 'probmap_contact_sheet.png'):
         assert name in images, name
-    assert page.count('class="training-map"') == 2           # two interactive training maps
+    assert page.count('class="training-map"') == 2           # two interactive training maps (one per analysis)
+    assert 'compare_widths/comparison.png' in images and (report / 'compare_widths' / 'index.html').exists()
     assert 'jump (valid_accuracy first &gt;= threshold)' in page
     assert not re.search(r'(src|href)="(https?:)?//', page)   # nothing fetched from the network
-    assert {p.name for p in (report / 'runs').iterdir()} == {'modular_addition-quick', 'sparse_parity-quick'}
+    assert {p.name for p in (report / 'runs').iterdir()} == {'modular_addition-quick', 'sparse_parity-quick', 'sparse_parity-128-quick'}
 
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
