@@ -15,9 +15,31 @@ from .events import Callback
 from .learner import TrainCB
 
 # %% auto #0
-__all__ = ['MixedPrecisionCB', 'MixedPrecision', 'compile_problem', 'CompileCB', 'ChannelsLastCB', 'AccelerateCB']
+__all__ = ['NarrowConvsInFloat32', 'MixedPrecisionCB', 'MixedPrecision', 'compile_problem', 'CompileCB', 'ChannelsLastCB',
+           'AccelerateCB']
 
-# %% ../nbs/13_accel.ipynb #8b07c2b3
+# %% ../nbs/13_accel.ipynb #ceb11e9a
+class NarrowConvsInFloat32:
+    "Run each convolution whose input is narrower than its stride in float32: CPU bfloat16 gets its weight gradient wrong."
+    def __init__(self, model: torch.nn.Module):
+        convs = [m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
+        self.handles = [h for m in convs for h in (m.register_forward_pre_hook(self._enter),
+                                                   m.register_forward_hook(self._leave, always_call=True))]
+        self._off: dict[int, Any] = {}
+    def _enter(self, mod, args):
+        x = args[0]
+        if not torch.is_autocast_enabled('cpu') or x.shape[-1] >= mod.stride[-1]: return None
+        self._off[id(mod)] = off = torch.autocast('cpu', enabled=False)
+        off.__enter__()
+        return (x.float(), *args[1:])
+    def _leave(self, mod, args, out):
+        off = self._off.pop(id(mod), None)
+        if off is not None: off.__exit__(None, None, None)
+    def remove(self) -> None:
+        for h in self.handles: h.remove()
+        self.handles = []
+
+# %% ../nbs/13_accel.ipynb #5e133364
 class MixedPrecisionCB(Callback):
     "Forward and loss under `torch.autocast(dtype)`; float16 gradients through a `GradScaler` (state saved with the learner)."
     order = DeviceCB.order + 2   # after the model is on its device; unscales before momentum (-4) and clipping (-2)
@@ -25,6 +47,7 @@ class MixedPrecisionCB(Callback):
         if dtype not in (None, torch.float16, torch.bfloat16):
             raise ValueError(f"MixedPrecisionCB: dtype must be torch.bfloat16 or torch.float16, got {dtype!r}.")
         self.dtype, self.scaler_kwargs, self.scaler, self._pending, self._autocast = dtype, scaler_kwargs, None, None, None
+        self._narrow = None
 
     def before_fit(self, learn):
         self.device_type = model_device(learn.model).type
@@ -37,6 +60,7 @@ class MixedPrecisionCB(Callback):
             self.scaler = torch.amp.GradScaler(self.device_type, **self.scaler_kwargs)
             if self._pending is not None: self.scaler.load_state_dict(self._pending)
         learn.scaler = self.scaler if self.dtype == torch.float16 else None
+        if self.device_type == 'cpu' and self.dtype == torch.bfloat16: self._narrow = NarrowConvsInFloat32(learn.model)
 
     def before_batch(self, learn):
         self._autocast = torch.autocast(self.device_type, dtype=self.dtype)
@@ -51,7 +75,10 @@ class MixedPrecisionCB(Callback):
     def before_step(self, learn):
         if learn.scaler is not None: learn.scaler.unscale_(learn.opt)   # what clipping and gradient readers must see
 
-    def cleanup_fit(self, learn): learn.scaler = None   # a later fit without this callback trains in float32
+    def cleanup_fit(self, learn):
+        learn.scaler = None   # a later fit without this callback trains in float32
+        if self._narrow is not None: self._narrow.remove()
+        self._narrow = None
 
     def state_dict(self) -> dict: return self.scaler.state_dict() if self.scaler is not None else (self._pending or {})
     def load_state_dict(self, state: dict) -> None:

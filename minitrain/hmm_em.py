@@ -12,7 +12,8 @@ import torch
 # %% auto #0
 __all__ = ['COVARIANCE_TYPES', 'COVARS_PRIOR', 'COVARS_FLOOR', 'LOG_2PI', 'Runs', 'pad_runs', 'HMMBatch', 'check_covariance_type',
            'upper_products', 'symmetric_from_upper', 'log_emissions', 'EStep', 'e_step', 'm_step', 'kmeans',
-           'initial_hmms', 'EMResult', 'fit_em', 'score', 'to_hmmlearn', 'n_hmm_params', 'fit_hmm_batch']
+           'initial_hmms', 'EMResult', 'fit_em', 'score', 'to_hmmlearn', 'from_hmmlearn', 'viterbi', 'viterbi_paths',
+           'n_hmm_params', 'fit_hmm_batch']
 
 # %% ../nbs/35_hmm_em.ipynb #0ebd7e77
 @dataclass
@@ -138,7 +139,7 @@ def log_emissions(runs: Runs, hmm: HMMBatch, xx: torch.Tensor | None = None) -> 
     if bool(failed.any()): out[:, :, failed] = math.nan
     return out, failed
 
-# %% ../nbs/35_hmm_em.ipynb #f72897dc
+# %% ../nbs/35_hmm_em.ipynb #26047dbb
 @dataclass
 class EStep:
     "What one E-step gives: each model's log-likelihood, and the statistics of the posteriors (if asked for)."
@@ -151,35 +152,35 @@ def e_step(runs: Runs, hmm: HMMBatch, logb: torch.Tensor, posteriors: bool = Tru
     "Forward (and backward) pass of every model over every run; `logb` (T, N, F, K) from `log_emissions`."
     T = logb.shape[0]
     top = logb.amax(-1, keepdim=True)
-    b = torch.exp(logb - top)                                         # relative to the best state: no underflow
-    valid, padded, A = runs.valid[..., None, None], not runs.all_valid, hmm.transmat
-    alpha = torch.empty_like(b)
-    c = torch.ones(b.shape[:-1], dtype=b.dtype, device=b.device)      # (T, N, F)
-    torch.mul(hmm.startprob, b[0], out=alpha[0])
-    torch.sum(alpha[0], -1, out=c[0])
-    alpha[0].div_(c[0, ..., None])
+    b = torch.exp(logb - top).permute(0, 2, 1, 3).contiguous()      # (T, F, N, K): a step is one batched matmul
+    valid, padded, A = runs.valid[:, None, :, None], not runs.all_valid, hmm.transmat
+    alpha, tmp = torch.empty_like(b), torch.empty_like(b[0])
+    c = torch.ones(*b.shape[:-1], 1, dtype=b.dtype, device=b.device)  # (T, F, N, 1)
+    torch.mul(hmm.startprob[:, None], b[0], out=alpha[0])
+    torch.sum(alpha[0], -1, keepdim=True, out=c[0])
+    alpha[0].div_(c[0])
     for t in range(1, T):                                             # written in place: 4 operations a step
-        torch.mul(torch.einsum('nfi,fij->nfj', alpha[t - 1], A), b[t], out=alpha[t])
-        torch.sum(alpha[t], -1, out=c[t])
-        alpha[t].div_(c[t, ..., None])
+        torch.mul(torch.bmm(alpha[t - 1], A, out=tmp), b[t], out=alpha[t])
+        torch.sum(alpha[t], -1, keepdim=True, out=c[t])
+        alpha[t].div_(c[t])
         if padded:
             alpha[t] = torch.where(valid[t], alpha[t], alpha[t - 1])
-            c[t] = torch.where(valid[t, ..., 0], c[t], torch.ones_like(c[t]))
-    loglik = torch.where(valid[..., 0], torch.log(c) + top[..., 0], torch.zeros_like(c)).sum((0, 1))
+            c[t] = torch.where(valid[t], c[t], torch.ones_like(c[t]))
+    top = top.permute(0, 2, 1, 3)
+    loglik = torch.where(valid, torch.log(c) + top, torch.zeros_like(c)).sum((0, 2, 3))
     if not posteriors: return EStep(loglik)
-    w = b.div_(c[..., None])                                          # b_t / c_t, then b_t beta_t / c_t: the messages
+    w = b.div_(c)                                                     # b_t / c_t, then b_t beta_t / c_t: the messages
     if padded: w.masked_fill_(~valid, 0.)
-    beta = torch.empty_like(w)
+    beta, At = torch.empty_like(w), A.transpose(1, 2)
     beta[T - 1] = 1.
     for t in range(T - 1, 0, -1):
-        w[t].mul_(beta[t])
-        beta[t - 1] = torch.einsum('nfj,fij->nfi', w[t], A)
+        torch.bmm(w[t].mul_(beta[t]), At, out=beta[t - 1])
         if padded: beta[t - 1] = torch.where(valid[t], beta[t - 1], torch.ones_like(beta[t - 1]))
-    trans = torch.einsum('tnfi,tnfj->fij', alpha[:-1], w[1:])         # expected transitions, times A (below)
+    trans = torch.einsum('tfni,tfnj->fij', alpha[:-1], w[1:])         # expected transitions, times A (below)
     gamma = alpha.mul_(beta)                                          # alpha is not needed any more
     gamma /= gamma.sum(-1, keepdim=True)
     if padded: gamma = torch.where(valid, gamma, torch.zeros_like(gamma))
-    return EStep(loglik, gamma[0].sum(0), A * trans, gamma)
+    return EStep(loglik, gamma[0].sum(1), A * trans, gamma.permute(0, 2, 1, 3).contiguous())
 
 # %% ../nbs/35_hmm_em.ipynb #627d561d
 def _normalise(a: torch.Tensor) -> torch.Tensor:
@@ -217,7 +218,7 @@ def m_step(runs: Runs, hmm: HMMBatch, es: EStep, xx: torch.Tensor | None = None)
     elif ct != 'tied': covars = torch.where(keep, covars, hmm.covars)
     return HMMBatch(startprob, transmat, means, covars, hmm.k, ct)
 
-# %% ../nbs/35_hmm_em.ipynb #9cc3d8cf
+# %% ../nbs/35_hmm_em.ipynb #2c24b59b
 def kmeans(X: torch.Tensor, ks: Sequence[int], seeds: Sequence[Any], n_init: int = 3, n_iter: int = 30,
            max_points: int = 2_000) -> torch.Tensor:
     "Centres (F, max k, d) of k-means on `X` for every k of `ks` (k-means++ seeding, best of `n_init`)."
@@ -240,14 +241,15 @@ def kmeans(X: torch.Tensor, ks: Sequence[int], seeds: Sequence[Any], n_init: int
         d2 = torch.where((c < kk)[:, None], torch.minimum(d2, dist_to(C[:, c])), d2)
     unused = (torch.arange(K, device=X.device)[None] >= kk[:, None])[..., None]                  # (J, K, 1)
     C = C.masked_fill(unused, 1e150)                             # slots a model does not use: too far to win a point
-    labels, Xj = None, X.expand(J, M, d)
+    labels, tol = None, 1e-4 * X.var(0).mean()
     for _ in range(n_iter):                                      # Lloyd's iterations, all seedings together
         new_labels = ((C * C).sum(-1)[:, None, :] - 2 * X @ C.transpose(1, 2)).argmin(-1)          # (J, M)
         if labels is not None and torch.equal(new_labels, labels): break
         labels = new_labels
-        sums = torch.zeros(J, K, d, dtype=X.dtype, device=X.device).scatter_add_(1, labels[..., None].expand(J, M, d), Xj)
-        counts = torch.zeros(J, K, dtype=X.dtype, device=X.device).scatter_add_(1, labels, torch.ones_like(sq).expand(J, M))
-        C = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], C)   # an empty cluster keeps its centre
+        onehot = torch.nn.functional.one_hot(labels, K).to(X.dtype).transpose(1, 2)               # (J, K, M)
+        sums, counts = onehot @ X, onehot.sum(-1)                # one product, not a scatter over every coordinate
+        C, old = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], C), C   # an empty cluster stays
+        if bool((((C - old) ** 2).sum((1, 2)) <= tol).all()): break   # scikit-learn's rule: the centres barely moved
     inertia = (((C * C).sum(-1)[:, None, :] - 2 * X @ C.transpose(1, 2)).amin(-1) + sq[None]).sum(-1).view(F, n_init)
     return C.masked_fill(unused, 0.).view(F, n_init, K, d)[torch.arange(F), inertia.argmin(-1)]
 
@@ -344,7 +346,52 @@ def to_hmmlearn(hmm: HMMBatch, f: int, fitted: EMResult | None = None, **hmm_kwa
         m.monitor_.iter = fitted.n_iter[f]
     return m
 
-# %% ../nbs/35_hmm_em.ipynb #ddeef076
+# %% ../nbs/35_hmm_em.ipynb #ce9d1e47
+def _full_covars(m) -> np.ndarray:
+    "A fitted GaussianHMM's covariances as (k, d, d); `covars_` itself mis-shapes spherical ones after a fit."
+    c, k, d = np.asarray(m._covars_), m.n_components, m.means_.shape[1]
+    if m.covariance_type == 'full': return c
+    if m.covariance_type == 'tied': return np.broadcast_to(c, (k, d, d))
+    if m.covariance_type == 'diag': return np.stack([np.diag(v) for v in c])
+    return np.stack([np.eye(d) * v for v in c.reshape(k, -1)[:, 0]])
+
+def from_hmmlearn(models: Sequence, device: torch.device | str = 'cpu') -> HMMBatch:
+    "Fitted hmmlearn `GaussianHMM`s (any covariance types) as one batch with full covariances."
+    K, d = max(m.n_components for m in models), models[0].means_.shape[1]
+    f64 = dict(dtype=torch.float64, device=device)
+    startprob, transmat = torch.zeros(len(models), K, **f64), torch.zeros(len(models), K, K, **f64)
+    means, covars = torch.zeros(len(models), K, d, **f64), torch.eye(d, **f64).repeat(len(models), K, 1, 1)
+    for f, m in enumerate(models):
+        k = m.n_components
+        startprob[f, :k], transmat[f, :k, :k] = torch.as_tensor(m.startprob_), torch.as_tensor(m.transmat_)
+        means[f, :k], covars[f, :k] = torch.as_tensor(m.means_), torch.as_tensor(_full_covars(m))
+    return HMMBatch(startprob, transmat, means, covars, torch.tensor([m.n_components for m in models], device=device), 'full')
+
+def viterbi(runs: Runs, hmm: HMMBatch) -> torch.Tensor:
+    "The most likely state path of every model over every run, (T, N, F); a padded step repeats the run's last state."
+    logb = log_emissions(runs, hmm)[0].permute(0, 2, 1, 3)                # (T, F, N, K)
+    T, F, N, K = logb.shape
+    log_a, valid = torch.log(hmm.transmat)[:, None], runs.valid[:, None, :, None]
+    delta = torch.log(hmm.startprob)[:, None] + logb[0]
+    back = torch.empty(T, F, N, K, dtype=torch.long, device=logb.device)
+    stay = torch.arange(K, device=logb.device).expand(F, N, K)
+    for t in range(1, T):
+        best, back[t] = (delta[..., :, None] + log_a).max(-2)            # the best previous state for each state
+        delta = torch.where(valid[t], best + logb[t], delta)
+        if not runs.all_valid: back[t] = torch.where(valid[t], back[t], stay)
+    path = torch.empty(T, F, N, dtype=torch.long, device=logb.device)
+    path[T - 1] = delta.argmax(-1)
+    for t in range(T - 1, 0, -1): path[t - 1] = back[t].gather(-1, path[t][..., None])[..., 0]
+    return path.permute(0, 2, 1)
+
+@torch.inference_mode()
+def viterbi_paths(models: Sequence, arrays: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+    "Each model's Viterbi path of each array (hmmlearn's `predict`), computed in one batch."
+    runs = pad_runs(arrays)
+    paths = viterbi(runs, from_hmmlearn(models)).cpu().numpy()
+    return [[paths[:n, i, f] for i, n in enumerate(runs.lengths)] for f in range(len(models))]
+
+# %% ../nbs/35_hmm_em.ipynb #1fffe537
 def n_hmm_params(k: int, d: int, covariance_type: str) -> int:
     "Free parameters of a Gaussian HMM with k states in d dimensions."
     cov = {'full': k * d * (d + 1) // 2, 'diag': k * d, 'spherical': k, 'tied': d * (d + 1) // 2}[covariance_type]
@@ -368,6 +415,7 @@ def _batches(ks: Sequence[int], n_points: int, max_bytes: float) -> list[list[in
         cur.append(i)
     return groups + [cur] if cur else groups
 
+@torch.inference_mode()   # no autograd bookkeeping: a fifth off every small operation of the passes
 def fit_hmm_batch(train: Sequence[np.ndarray], test: Sequence[np.ndarray] | None, ks: Sequence[int], seeds: Sequence[Any],
                   covariance_type: str = 'full', n_iter: int = 100, tol: float = 1e-2, init: str = 'sticky',
                   stay: float = 0.95, min_covar: float = 1e-3, device: torch.device | str | None = None,

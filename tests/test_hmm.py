@@ -188,11 +188,11 @@ def test_selection_states_equal_viterbi_decoding(known):
 
 
 def test_analysis_decodes_and_zscores_each_run_once(monkeypatch, tmp_path):
-    "analyze_runs: one Viterbi pass per run and fitted K (for the renumbering), one z-scoring, one state-distribution table."
+    "analyze_runs: one batched Viterbi pass for every run and fitted K (for the renumbering), one z-scoring, one table."
     import hmmlearn.hmm
     import minitrain.hmm as hmm_module
     import minitrain.hmm_report as report_module
-    calls = {'predict': 0, 'prepare': 0, 'dist': 0}
+    calls = {'predict': 0, 'viterbi': 0, 'prepare': 0, 'dist': 0}
     predict, prepare, dist = hmmlearn.hmm.GaussianHMM.predict, hmm_module.prepare_runs, hmm_module.state_distributions
     def counting(name, f):
         def g(*a, **k):
@@ -201,12 +201,14 @@ def test_analysis_decodes_and_zscores_each_run_once(monkeypatch, tmp_path):
         return g
     monkeypatch.setattr(hmmlearn.hmm.GaussianHMM, 'predict', counting('predict', predict))
     monkeypatch.setattr(hmm_module, 'prepare_runs', counting('prepare', prepare))
+    monkeypatch.setattr(hmm_module, 'viterbi_paths', counting('viterbi', hmm_module.viterbi_paths))
     counted_dist = counting('dist', dist)
     monkeypatch.setattr(hmm_module, 'state_distributions', counted_dist)
     monkeypatch.setattr(report_module, 'state_distributions', counted_dist)
     runs, truth = sample_phase_runs(n_runs=8, seed=3)
     a = analyze_runs(frames(runs, truth), out=tmp_path, features=FEATS, ks=range(1, 4), restarts=2, n_jobs=1)
-    assert calls == {'predict': len(a.selection.models) * len(runs), 'prepare': 1, 'dist': 1}
+    assert calls == {'predict': 0, 'viterbi': 1, 'prepare': 1, 'dist': 1}
+    assert [s.tolist() for s in a.selection.states] == [a.selection.model.predict(x).tolist() for x in a.selection.data.arrays]
 
 
 def test_analyze_runs_reads_a_folder_of_the_original_codes_csvs(tmp_path):

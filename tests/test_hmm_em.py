@@ -9,7 +9,7 @@ from hmmlearn.hmm import GaussianHMM
 from sklearn.metrics import adjusted_rand_score
 
 from minitrain.hmm import _fit_seed, fit_hmms, prepare_runs, sample_phase_runs
-from minitrain.hmm_em import HMMBatch, fit_em, fit_hmm_batch, initial_hmms, pad_runs, to_hmmlearn
+from minitrain.hmm_em import HMMBatch, fit_em, fit_hmm_batch, initial_hmms, pad_runs, to_hmmlearn, viterbi_paths
 
 FEATS = [f'f{i}' for i in range(5)]
 TYPES = ['full', 'diag', 'spherical', 'tied']
@@ -123,3 +123,13 @@ def test_a_covariance_that_cannot_be_inverted_fails_that_model_only(arrays):
     batch.covars[0, 1] = torch.zeros(5, 5, dtype=torch.float64)               # a state collapsed: no density
     fit = fit_em(pad_runs(arrays), batch, n_iter=5, tol=-math.inf)
     assert 'positive-definite' in fit.error[0] and fit.error[1] is None and len(fit.history[1]) == 5
+
+
+def test_batched_viterbi_paths_are_hmmlearns_predict(arrays):
+    "One batch of fitted models of every covariance type and several K decodes runs of different lengths as hmmlearn does."
+    X, lengths = np.concatenate(arrays), [len(a) for a in arrays]
+    models = [GaussianHMM(k, ct, n_iter=8, random_state=k).fit(X, lengths) for ct, k in zip(TYPES, (4, 2, 3, 1))]
+    paths = viterbi_paths(models, arrays)
+    for m, per_run in zip(models, paths):
+        assert [p.tolist() for p in per_run] == [m.predict(x).tolist() for x in arrays]
+    assert len(set(paths[0][0].tolist())) > 1                                   # not a trivial path

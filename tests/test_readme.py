@@ -34,10 +34,25 @@ def test_readme_python_blocks(tmp_path, monkeypatch):
     assert a.selection.k >= 2 and len(a.lags) == 4 and (tmp_path / 'runs/parity/analysis/training_map.html').exists()
     assert (tmp_path / 'maps.gif').stat().st_size > 10_000 and len(ns['sheet'].axes) >= 3
     assert sorted(p.name for p in (tmp_path / 'runs/parity').glob('seed*')) == [f'seed{i}' for i in range(6)]
+    live = pd.read_csv(tmp_path / 'runs/live/metrics.csv')
+    assert live['latent_state'].notna().all() and live['latent_p'].between(0, 1).all()
+    assert set(ns['live'].latent_state) >= {'latent_state', 'latent_p', 'latent_p_leave', 'converge_in'}
+    assert (tmp_path / 'runs/compare/index.html').exists() and set(ns['widths'].maps) == {'64 hidden', '16 hidden'}
+    assert ns['mine'].selection.k >= 1 and len(ns['mine'].lags) == 3
+    assert any(c.startswith('1.') for c in pd.read_csv(tmp_path / 'runs/mine/seed0/metrics.csv').columns)   # the hookpoint's
+
+
+def test_readme_own_model_config(tmp_path):
+    from minitrain.experiment import load_config
+    cifar = next(b for b in blocks('toml') if b.startswith('# cifar.toml'))
+    (tmp_path / 'cifar.toml').write_text(cifar)
+    cfg = load_config(tmp_path / 'cifar.toml')
+    assert cfg['model']['class'] == 'torchvision.models:resnet18' and cfg['data']['dataset'] == 'cifar10'
+    assert cfg['hookpoints'] == ['layer4.1.conv2'] and cfg['seeds'] == list(range(8))
 
 
 def test_readme_command_line(tmp_path):
-    (toml,) = blocks('toml')
+    toml = blocks('toml')[0]
     name = re.match(r'# (\S+\.toml)', toml).group(1)
     (tmp_path / name).write_text(toml)
     lines = [l.split('#')[0].strip() for b in blocks('bash') for l in b.splitlines() if l.startswith('minitrain ')]
