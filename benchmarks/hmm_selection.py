@@ -66,7 +66,7 @@ def case(name, n_runs, length, ks, restarts, hmmlearn_engine=True):
         warnings.simplefilter('ignore')
         t_torch, sel = timed(lambda: fit_hmms(runs, feats, ks, restarts, n_jobs=None, n_iter=N_ITER))
         print(f"{name}: fit_hmms, torch engine ({'GPU' if torch.cuda.is_available() else f'{os.cpu_count()} CPU threads'}): "
-              f"{t_torch:.1f} s, K = {sel.k}   {t_orig / t_torch:.1f}x faster than the original (goal >= 10x)")
+              f"{t_torch:.2f} s, K = {sel.k}   {t_orig / t_torch:.1f}x faster than the original (goal >= 10x)")
         if hmmlearn_engine:
             t_h, sel_h = timed(lambda: fit_hmms(runs, feats, ks, restarts, n_jobs=None, n_iter=N_ITER, engine='hmmlearn'))
             print(f"{name}: fit_hmms, hmmlearn engine ({os.cpu_count()} worker processes): {t_h:.1f} s, K = {sel_h.k}   "

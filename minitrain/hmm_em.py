@@ -139,7 +139,7 @@ def log_emissions(runs: Runs, hmm: HMMBatch, xx: torch.Tensor | None = None) -> 
     if bool(failed.any()): out[:, :, failed] = math.nan
     return out, failed
 
-# %% ../nbs/35_hmm_em.ipynb #26047dbb
+# %% ../nbs/35_hmm_em.ipynb #98f74230
 @dataclass
 class EStep:
     "What one E-step gives: each model's log-likelihood, and the statistics of the posteriors (if asked for)."
@@ -156,16 +156,17 @@ def e_step(runs: Runs, hmm: HMMBatch, logb: torch.Tensor, posteriors: bool = Tru
     valid, padded, A = runs.valid[:, None, :, None], not runs.all_valid, hmm.transmat
     alpha, tmp = torch.empty_like(b), torch.empty_like(b[0])
     c = torch.ones(*b.shape[:-1], 1, dtype=b.dtype, device=b.device)  # (T, F, N, 1)
-    torch.mul(hmm.startprob[:, None], b[0], out=alpha[0])
-    torch.sum(alpha[0], -1, keepdim=True, out=c[0])
-    alpha[0].div_(c[0])
+    al, bl, cl = alpha.unbind(0), b.unbind(0), c.unbind(0)          # each step's views, made once
+    torch.mul(hmm.startprob[:, None], bl[0], out=al[0])
+    torch.sum(al[0], -1, keepdim=True, out=cl[0])
+    al[0].div_(cl[0])
     for t in range(1, T):                                             # written in place: 4 operations a step
-        torch.mul(torch.bmm(alpha[t - 1], A, out=tmp), b[t], out=alpha[t])
-        torch.sum(alpha[t], -1, keepdim=True, out=c[t])
-        alpha[t].div_(c[t])
+        torch.mul(torch.bmm(al[t - 1], A, out=tmp), bl[t], out=al[t])
+        torch.sum(al[t], -1, keepdim=True, out=cl[t])
+        al[t].div_(cl[t])
         if padded:
-            alpha[t] = torch.where(valid[t], alpha[t], alpha[t - 1])
-            c[t] = torch.where(valid[t], c[t], torch.ones_like(c[t]))
+            al[t].copy_(torch.where(valid[t], al[t], al[t - 1]))
+            cl[t].copy_(torch.where(valid[t], cl[t], torch.ones_like(cl[t])))
     top = top.permute(0, 2, 1, 3)
     loglik = torch.where(valid, torch.log(c) + top, torch.zeros_like(c)).sum((0, 2, 3))
     if not posteriors: return EStep(loglik)
@@ -173,9 +174,10 @@ def e_step(runs: Runs, hmm: HMMBatch, logb: torch.Tensor, posteriors: bool = Tru
     if padded: w.masked_fill_(~valid, 0.)
     beta, At = torch.empty_like(w), A.transpose(1, 2)
     beta[T - 1] = 1.
+    wl, bel = w.unbind(0), beta.unbind(0)
     for t in range(T - 1, 0, -1):
-        torch.bmm(w[t].mul_(beta[t]), At, out=beta[t - 1])
-        if padded: beta[t - 1] = torch.where(valid[t], beta[t - 1], torch.ones_like(beta[t - 1]))
+        torch.bmm(wl[t].mul_(bel[t]), At, out=bel[t - 1])
+        if padded: bel[t - 1].copy_(torch.where(valid[t], bel[t - 1], torch.ones_like(bel[t - 1])))
     trans = torch.einsum('tfni,tfnj->fij', alpha[:-1], w[1:])         # expected transitions, times A (below)
     gamma = alpha.mul_(beta)                                          # alpha is not needed any more
     gamma /= gamma.sum(-1, keepdim=True)
