@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['atomic_write', 'atomic_save', 'read_json', 'load_checkpoint_file', 'differences']
+__all__ = ['atomic_write', 'atomic_save', 'file_keeper', 'read_json', 'load_checkpoint_file', 'differences']
 
-# %% ../nbs/10_files.ipynb #46d30ff3
+# %% ../nbs/10_files.ipynb #9ae5f355
 def _replace_atomically(path: Path, write: Callable[[Path], Any]) -> Path:
     tmp = path.with_name(f'{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp')   # one per writer: workers may race
     try:
@@ -35,6 +35,14 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     "`torch.save(obj, path)` through a temporary file renamed into place."
     path = Path(path)
     return _replace_atomically(path, lambda p: torch.save(obj, p))
+
+def file_keeper(out: Path, files: dict[str, Path]) -> Callable[[str, str], Path]:
+    "Create `out`; return `keep(what, name)`, which records `out/name` in `files` under `what` and returns that path."
+    out.mkdir(parents=True, exist_ok=True)
+    def keep(what: str, name: str) -> Path:
+        files[what] = out / name
+        return files[what]
+    return keep
 
 # %% ../nbs/10_files.ipynb #edad1579
 def read_json(path: str | Path, what: str = 'file') -> Any:
