@@ -53,7 +53,7 @@ def permutation_test(values: np.ndarray, in_b: np.ndarray, n_permutations: int =
         hits += (np.abs(d) >= np.abs(diff) - 1e-12).sum(0)
     return diff, (hits + 1) / (n_permutations + 1)
 
-# %% ../nbs/41_compare.ipynb #7b3d190d
+# %% ../nbs/41_compare.ipynb #b1f7c9d6
 @dataclass
 class Comparison:
     "Two groups of runs on shared states: the selection, each group's map, the per-state and per-edge tables."
@@ -113,7 +113,10 @@ def compare_runs(a: Any, b: Any, names: Sequence[str] = ('A', 'B'), features: Se
     convergence = {names[0]: mean(conv, ~in_b), names[1]: mean(conv, in_b), 'difference': float(diff[-1]), 'p': float(p[-1]),
                    'metric': metric, 'threshold': threshold}
     maps = {n: training_map(sel, runs=[r.attrs['name'] for r in used if r.attrs['name'].startswith(n + '/')]) for n in names}
-    comp = Comparison(names, sel, maps, map_layout(training_map(sel)), pd.DataFrame(state_rows), pd.DataFrame(edge_rows),
+    edge_columns = ['edge', f'{names[0]} runs', f'{names[1]} runs', 'difference (share of runs)', 'p', f'{names[0]} epoch',
+                    f'{names[1]} epoch']   # named even when no run changes state
+    comp = Comparison(names, sel, maps, map_layout(training_map(sel)), pd.DataFrame(state_rows),
+                      pd.DataFrame(edge_rows, columns=edge_columns),
                       convergence, Path(out) if out is not None else None)
     if out is not None: write_comparison(comp)
     return comp

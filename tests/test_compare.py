@@ -94,3 +94,13 @@ def test_minitrain_compare_writes_a_page_with_both_maps(tmp_path, capsys):
     assert json.loads((folder / 'summary.json').read_text())['runs'] == {'plain': 8, 'detour': 8}
     code = main(['compare', str(a), str(tmp_path / 'nowhere')])
     assert code == 2 and 'nowhere not found' in capsys.readouterr().err
+
+
+def test_a_comparison_where_no_run_changes_state_still_writes_its_page(tmp_path):
+    "One state (K=1): no transitions at all; the edge table is empty but named, and the page says nothing differs."
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        comp = compare_runs(group(4, 0, PLAIN[:1], length=60), group(4, 1, PLAIN[:1], length=60), names=('a', 'b'),
+                            features=FEATS, ks=[1], restarts=1, n_jobs=1, n_permutations=200, out=tmp_path / 'cmp')
+    assert comp.selection.k == 1 and comp.edges.empty and 'p' in comp.edges.columns
+    assert 'no transition differs' in (tmp_path / 'cmp' / 'index.html').read_text()
