@@ -15,29 +15,27 @@ from .events import Callback
 from .learner import TrainCB
 
 # %% auto #0
-__all__ = ['NarrowConvsInFloat32', 'MixedPrecisionCB', 'MixedPrecision', 'compile_problem', 'CompileCB', 'ChannelsLastCB',
-           'AccelerateCB']
+__all__ = ['Float32WhenNarrow', 'NarrowConvsInFloat32', 'MixedPrecisionCB', 'MixedPrecision', 'compile_problem', 'CompileCB',
+           'ChannelsLastCB', 'AccelerateCB']
 
-# %% ../nbs/13_accel.ipynb #ceb11e9a
+# %% ../nbs/13_accel.ipynb #c6246c64
+class Float32WhenNarrow:
+    "A convolution's forward that runs in float32 (autocast off) when its input is narrower than its stride."
+    def __init__(self, conv: torch.nn.Module): self.conv = conv
+    def __call__(self, x: torch.Tensor, *args) -> torch.Tensor:
+        conv = self.conv
+        if x.shape[-1] < conv.stride[-1] and torch.is_autocast_enabled('cpu'):
+            with torch.autocast('cpu', enabled=False): return type(conv).forward(conv, x.float(), *args)
+        return type(conv).forward(conv, x, *args)
+
 class NarrowConvsInFloat32:
     "Run each convolution whose input is narrower than its stride in float32: CPU bfloat16 gets its weight gradient wrong."
     def __init__(self, model: torch.nn.Module):
-        convs = [m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
-        self.handles = [h for m in convs for h in (m.register_forward_pre_hook(self._enter),
-                                                   m.register_forward_hook(self._leave, always_call=True))]
-        self._off: dict[int, Any] = {}
-    def _enter(self, mod, args):
-        x = args[0]
-        if not torch.is_autocast_enabled('cpu') or x.shape[-1] >= mod.stride[-1]: return None
-        self._off[id(mod)] = off = torch.autocast('cpu', enabled=False)
-        off.__enter__()
-        return (x.float(), *args[1:])
-    def _leave(self, mod, args, out):
-        off = self._off.pop(id(mod), None)
-        if off is not None: off.__exit__(None, None, None)
+        self.convs = [m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd) and 'forward' not in vars(m)]
+        for m in self.convs: m.forward = Float32WhenNarrow(m)   # an instance attribute: a copy of the model keeps its own
     def remove(self) -> None:
-        for h in self.handles: h.remove()
-        self.handles = []
+        for m in self.convs: vars(m).pop('forward', None)
+        self.convs = []
 
 # %% ../nbs/13_accel.ipynb #5e133364
 class MixedPrecisionCB(Callback):

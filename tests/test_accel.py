@@ -11,7 +11,7 @@ from torch.overrides import TorchFunctionMode
 
 from minitrain import (CancelFitException, Callback, DataLoaders, DeviceCB, Learner, MetricsCB, MomentumLearner, MulticlassAccuracy, ProgressCB,
                        TensorLoader, TrainCB, TrainLearner, set_seed)
-from minitrain.accel import ChannelsLastCB, CompileCB, MixedPrecision, MixedPrecisionCB, compile_problem
+from minitrain.accel import ChannelsLastCB, CompileCB, MixedPrecision, MixedPrecisionCB, NarrowConvsInFloat32, compile_problem
 from minitrain.callbacks import GradientAccumulationCB, GradientClipCB
 from minitrain.hooks import StoreModuleStatsCB
 
@@ -52,7 +52,8 @@ def test_mixed_precision_computes_in_half_and_keeps_float32_weights(dtype):
     assert (cb.scaler is not None) == (dtype == torch.float16)               # a GradScaler for float16 only
 
 
-def test_bfloat16_on_the_cpu_gives_a_cnn_the_gradients_of_float32():
+@pytest.mark.parametrize('compiled', [False, True])
+def test_bfloat16_on_the_cpu_gives_a_cnn_the_gradients_of_float32(compiled):
     "CNN() on 8x8 digits has stride-2 convolutions on 1-pixel-wide maps, whose CPU bf16 weight gradient torch gets wrong."
     from minitrain import CNN, digits
     class Grads(Callback):
@@ -62,7 +63,8 @@ def test_bfloat16_on_the_cpu_gives_a_cnn_the_gradients_of_float32():
             raise CancelFitException()
     xb, yb = next(iter(digits(bs=64).train))
     grads = {}
-    for name, cbs in (('float32', []), ('bfloat16', [MixedPrecisionCB(torch.bfloat16)])):
+    fast = [MixedPrecisionCB(torch.bfloat16)] + ([CompileCB(backend='eager')] if compiled else [])
+    for name, cbs in (('float32', []), ('bfloat16', fast)):
         torch.manual_seed(0)
         g = Grads()
         TrainLearner(CNN(), DataLoaders(TensorLoader(xb, yb, bs=64), TensorLoader(xb, yb, bs=64)), F.cross_entropy, lr=0.1,
@@ -74,7 +76,11 @@ def test_bfloat16_on_the_cpu_gives_a_cnn_the_gradients_of_float32():
     model = CNN()
     TrainLearner(model, DataLoaders(TensorLoader(xb, yb, bs=64), TensorLoader(xb, yb, bs=64)), F.cross_entropy, lr=0.1,
                  cbs=[MixedPrecisionCB(torch.bfloat16)]).fit(1)
-    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())   # the float32 hooks are removed
+    assert not any('forward' in vars(m) for m in model.modules())                  # the convolutions are plain again
+    guard = NarrowConvsInFloat32(model)
+    twin = copy.deepcopy(model)                                   # a probability map's snapshot: its own switch
+    assert twin.layers[4].forward.conv is twin.layers[4] and model.layers[4].forward.conv is model.layers[4]
+    guard.remove()
 
 
 def test_course_code_with_mixed_precision_in_cbs_runs_unchanged():
