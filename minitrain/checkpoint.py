@@ -48,13 +48,13 @@ def save_learner(learn: Any, path: str | Path, with_rng: bool = True, epoch: int
     if sync: sync_ranks(path)   # under torchrun: every rank waits until the file is there
     return path
 
-# %% ../nbs/11_checkpoint.ipynb #8002ae94
-def _read_checkpoint(path: Path, device: torch.device, trusted: bool) -> dict:
+# %% ../nbs/11_checkpoint.ipynb #1db314b6
+def _read_checkpoint(path: Path, device: torch.device) -> dict:
     if not path.exists(): raise FileNotFoundError(f"No checkpoint at {path}: check the path given to learn.save().")
     if path.is_dir(): raise IsADirectoryError(f"{path} is a folder: pass the checkpoint file that learn.save() wrote.")
     if path.stat().st_size == 0:
         raise ValueError(f"{path} is empty (0 bytes), not a checkpoint: its save was interrupted; use another checkpoint.")
-    try: state = load_checkpoint_file(path, map_location=device, trusted=trusted)
+    try: state = load_checkpoint_file(path, map_location=device)
     except ValueError: raise
     except Exception as e:
         raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).split('. ')[0]}): expected a file written by "
@@ -93,12 +93,12 @@ def _opt_problems(opt: torch.optim.Optimizer, saved: dict, saved_type: str | Non
         if set(g) != set(own): problems.append(f"group {i} options {sorted(set(g) - {'params'})} there, {sorted(set(own) - {'params'})} here")
     return problems
 
-# %% ../nbs/11_checkpoint.ipynb #f9364f32
-def load_learner(learn: Any, path: str | Path, with_rng: bool = True, trusted: bool = False) -> Any:
+# %% ../nbs/11_checkpoint.ipynb #d847ded9
+def load_learner(learn: Any, path: str | Path, with_rng: bool = True) -> Any:
     "Load what `save_learner` wrote into `learn` (checked first: nothing changes if it does not fit); training goes on."
     path = Path(path)
     model = unwrap_model(learn.model)
-    state = _read_checkpoint(path, model_device(model), trusted)
+    state = _read_checkpoint(path, model_device(model))
     problems = _model_problems(model.state_dict(), state['model'])
     if problems: raise ValueError(f"{path} was saved from another model: {'; '.join(problems[:6])}. Load it into a model "
                                   f"with the same layers and sizes.")

@@ -44,7 +44,7 @@ def file_keeper(out: Path, files: dict[str, Path]) -> Callable[[str, str], Path]
         return files[what]
     return keep
 
-# %% ../nbs/10_files.ipynb #edad1579
+# %% ../nbs/10_files.ipynb #b29e4bdc
 def read_json(path: str | Path, what: str = 'file') -> Any:
     "The JSON in `path`, or a ValueError naming the file when it is not valid JSON."
     path = Path(path)
@@ -57,10 +57,9 @@ def read_json(path: str | Path, what: str = 'file') -> Any:
 _NUMPY_RNG = [np._core.multiarray._reconstruct, (np._core.multiarray._reconstruct, 'numpy.core.multiarray._reconstruct'),
               np.ndarray, np.dtype, type(np.dtype(np.uint32))]   # numpy's random state in minitrain 0.2 checkpoints
 
-def load_checkpoint_file(path: str | Path, map_location: Any = None, trusted: bool = False) -> Any:
-    "`torch.load(path)` that cannot run code from the file (`weights_only=True`); `trusted=True` for files you made."
+def load_checkpoint_file(path: str | Path, map_location: Any = None) -> Any:
+    "`torch.load(path)` that cannot run code from the file (`weights_only=True`, and minitrain 0.2's numpy names)."
     path = Path(path)
-    if trusted: return torch.load(path, map_location=map_location, weights_only=False)
     try:
         with torch.serialization.safe_globals(_NUMPY_RNG):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -72,8 +71,8 @@ def load_checkpoint_file(path: str | Path, map_location: Any = None, trusted: bo
             raise ValueError(f"{path} is not a readable checkpoint ({what}): it is damaged, or not a file torch.save "
                              f"wrote.") from None
         raise ValueError(f"{path} was refused: it holds objects that could run code when loaded ({detail}). minitrain "
-                         f"only loads tensors and plain data. If you made this file yourself, load it with trusted=True "
-                         f"(e.g. learn.load(path, trusted=True)).") from None
+                         f"only loads tensors and plain data. To keep the weights of a file you trust, load it in your own code "
+                         f"and torch.save its model's state_dict() (or learn.save it) into a new file.") from None
 
 # %% ../nbs/10_files.ipynb #2e5faa8c
 def differences(old: Mapping, new: Mapping, skip: Sequence[str] = (), prefix: str = '') -> list[str]:

@@ -12,8 +12,8 @@ import torch
 # %% auto #0
 __all__ = ['COVARIANCE_TYPES', 'COVARS_PRIOR', 'COVARS_FLOOR', 'LOG_2PI', 'Runs', 'pad_runs', 'HMMBatch', 'check_covariance_type',
            'upper_products', 'symmetric_from_upper', 'log_emissions', 'EStep', 'e_step', 'm_step', 'kmeans',
-           'initial_hmms', 'EMResult', 'fit_em', 'score', 'to_hmmlearn', 'from_hmmlearn', 'viterbi', 'viterbi_paths',
-           'n_hmm_params', 'fit_hmm_batch']
+           'initial_hmms', 'EMResult', 'fit_em', 'score', 'to_hmmlearn', 'full_covars', 'from_hmmlearn', 'viterbi',
+           'viterbi_paths', 'n_hmm_params', 'fit_hmm_batch']
 
 # %% ../nbs/35_hmm_em.ipynb #0ebd7e77
 @dataclass
@@ -331,7 +331,7 @@ def score(runs: Runs, hmm: HMMBatch) -> torch.Tensor:
     ll = e_step(runs, hmm, logb, posteriors=False).loglik
     return torch.where(failed, torch.full_like(ll, math.nan), ll)
 
-# %% ../nbs/35_hmm_em.ipynb #beb27bab
+# %% ../nbs/35_hmm_em.ipynb #c4fbf8e1
 def to_hmmlearn(hmm: HMMBatch, f: int, fitted: EMResult | None = None, **hmm_kwargs):
     "Model `f` of `hmm` as an hmmlearn `GaussianHMM` (its monitor filled from `fitted`)."
     from hmmlearn.hmm import GaussianHMM
@@ -342,15 +342,15 @@ def to_hmmlearn(hmm: HMMBatch, f: int, fitted: EMResult | None = None, **hmm_kwa
     m.transmat_ = hmm.transmat[f, :k, :k].cpu().numpy()
     m.means_ = hmm.means[f, :k].cpu().numpy()
     cov = hmm.covars[f].cpu().numpy()
-    m.covars_ = {'full': cov[:k], 'diag': cov[:k], 'tied': cov, 'spherical': cov[:k, 0] if cov.ndim == 2 else cov[:k]}[ct]
+    m.covars_ = {'full': cov[:k], 'diag': cov[:k], 'tied': cov, 'spherical': cov[:k, 0]}[ct]   # spherical: (K, d), equal
     if fitted is not None:
         m.monitor_.history.extend(fitted.history[f])
         m.monitor_.iter = fitted.n_iter[f]
     return m
 
-# %% ../nbs/35_hmm_em.ipynb #ce9d1e47
-def _full_covars(m) -> np.ndarray:
-    "A fitted GaussianHMM's covariances as (k, d, d); `covars_` itself mis-shapes spherical ones after a fit."
+# %% ../nbs/35_hmm_em.ipynb #768c9060
+def full_covars(m) -> np.ndarray:
+    "A fitted GaussianHMM's covariances as (k, d, d); hmmlearn's `covars_` mis-shapes spherical ones it fitted itself."
     c, k, d = np.asarray(m._covars_), m.n_components, m.means_.shape[1]
     if m.covariance_type == 'full': return c
     if m.covariance_type == 'tied': return np.broadcast_to(c, (k, d, d))
@@ -366,7 +366,7 @@ def from_hmmlearn(models: Sequence, device: torch.device | str = 'cpu') -> HMMBa
     for f, m in enumerate(models):
         k = m.n_components
         startprob[f, :k], transmat[f, :k, :k] = torch.as_tensor(m.startprob_), torch.as_tensor(m.transmat_)
-        means[f, :k], covars[f, :k] = torch.as_tensor(m.means_), torch.as_tensor(_full_covars(m))
+        means[f, :k], covars[f, :k] = torch.as_tensor(m.means_), torch.as_tensor(full_covars(m))
     return HMMBatch(startprob, transmat, means, covars, torch.tensor([m.n_components for m in models], device=device), 'full')
 
 def viterbi(runs: Runs, hmm: HMMBatch) -> torch.Tensor:

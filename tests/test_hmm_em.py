@@ -117,6 +117,16 @@ def test_both_engines_recover_a_known_hmm():
     with pytest.raises(ValueError, match="engine must be 'torch' or 'hmmlearn'"): fit_hmms(runs, FEATS, engine='jax')
 
 
+def test_spherical_models_from_either_engine_hold_one_variance_per_state():
+    "hmmlearn 0.3 keeps a spherical model it fitted as (k, d), so its covars_ comes out (k*d, d, d); ours are (k,)."
+    runs, _ = sample_phase_runs(n_runs=8, seed=0)
+    for engine in ('torch', 'hmmlearn'):
+        sel = fit_hmms(runs, FEATS, ks=[3], restarts=1, n_jobs=1, n_iter=8, engine=engine, covariance_type='spherical')
+        m = sel.model
+        assert np.asarray(m._covars_).shape == (3,) and m.covars_.shape == (3, 5, 5), engine
+        assert all(np.allclose(c, c[0, 0] * np.eye(5)) for c in m.covars_), engine
+
+
 def test_a_covariance_that_cannot_be_inverted_fails_that_model_only(arrays):
     start = [hmmlearn_start(arrays, 2, 'full'), hmmlearn_start(arrays, 2, 'full', seed=3)]
     batch = batch_of(start, 'full')
